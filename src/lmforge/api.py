@@ -1,0 +1,214 @@
+"""The Python API; every CLI verb is a thin call into one of these functions.
+
+    import lmforge.api as lf
+    lf.prepare("python-docs", "data/pydocs", tokenizer="bpe", vocab_size=4096)
+    summary = lf.pretrain("data/pydocs", "debug", out="runs/debug", train=lf.TrainConfig(max_steps=200))
+    print(lf.generate("runs/debug", ["The function"], max_new_tokens=40))
+    print(lf.evaluate_perplexity("runs/debug", "data/pydocs"))
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.atomic import write_json_atomic, write_text_atomic
+from lmforge.config import DataConfig, ModelSpec, TrainConfig, to_yaml
+from lmforge.errors import CheckpointError, ConfigError, DataError
+from lmforge.models.registry import build_model, load_model, preset_config
+
+__all__ = ["DataConfig", "ModelSpec", "TrainConfig", "prepare", "pretrain", "load", "generate",
+           "evaluate_perplexity", "demo"]
+
+
+# ---------------------------------------------------------------------- data
+def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
+            seed: int = 1337, text_field: str = "text", column: str | None = None, overwrite: bool = False,
+            progress: bool = True) -> dict:
+    """Clean `data`, train a tokenizer, write token shards to `out`; returns the dataset's meta."""
+    from lmforge.data.shards import prepare_dataset
+
+    return prepare_dataset(data, out, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
+                           seed=seed, text_field=text_field, column=column, overwrite=overwrite, progress=progress)
+
+
+def _is_prepared(path: str) -> bool:
+    return (Path(path) / "meta.json").is_file()
+
+
+# ---------------------------------------------------------------------- training
+def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: str | Path,
+             train: TrainConfig | None = None, resume: bool = False, on_step=None) -> dict:
+    """Train a language model from scratch (or `resume` one) and write a complete run directory.
+
+    `data` is a prepared dataset directory, or any source `prepare` accepts (then it is prepared
+    into `out/data` first). Works unchanged under `torchrun --nproc_per_node N`.
+    """
+    from lmforge.data.loaders import LMWindowLoader
+    from lmforge.data.shards import load_dataset_meta, open_tokens
+    from lmforge.train.distributed import broadcast_object, init_distributed, shutdown_distributed
+    from lmforge.train.trainer import Trainer, plot_losses
+
+    data = DataConfig(path=data) if isinstance(data, str) else data
+    spec = ModelSpec(preset=model) if isinstance(model, str) else model
+    train = train or TrainConfig()
+    run_dir = Path(out)
+    preset_config(spec.preset)  # unknown presets fail before anything is written
+    _check_run_dir(run_dir, resume)
+    dist = init_distributed(train.device)
+    created = not run_dir.exists()
+    started = False
+    try:
+        data_dir = Path(data.path) if _is_prepared(data.path) else run_dir / "data"
+        if not _is_prepared(str(data_dir)):
+            if dist.is_main:
+                prepare(data.path, data_dir, tokenizer=data.tokenizer, vocab_size=data.vocab_size,
+                        val_fraction=data.val_fraction, seed=train.seed, text_field=data.text_field,
+                        progress=train.progress)
+            broadcast_object(None, dist)  # other ranks wait for the shards
+        meta = load_dataset_meta(data_dir)
+        cfg = _model_config(spec, meta)
+        seq_len = train.seq_len or cfg.block_size
+        if seq_len > cfg.block_size:
+            raise ConfigError(f"train.seq_len ({seq_len}) is larger than the model's context length ({cfg.block_size})",
+                              f"lower --train.seq_len or raise --model.block_size to at least {seq_len}")
+        train_tokens = open_tokens(data_dir / "train.bin", meta["dtype"])
+        val_tokens = open_tokens(data_dir / "val.bin", meta["dtype"])
+        loader = LMWindowLoader(train_tokens, seq_len, train.batch_size, seed=train.seed, rank=dist.rank,
+                                world_size=dist.world_size)
+        if len(val_tokens) <= seq_len:
+            raise DataError(f"validation split has {len(val_tokens)} tokens, fewer than one context of {seq_len}",
+                            "use more data, a larger --data.val_fraction or a smaller --train.seq_len")
+        torch.manual_seed(train.seed)
+        net = build_model(cfg)
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "config.yaml", to_yaml({
+                "data": replace(data, path=str(data_dir)), "model": _resolved_spec(spec, cfg), "train": train}))
+            shutil.copyfile(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
+        evaluate = _val_evaluator(val_tokens, seq_len, train.batch_size, train.eval_batches, meta)
+        trainer = Trainer(net, loader, train, run_dir, dist=dist, evaluate=evaluate, on_step=on_step)
+        started = True
+        summary = trainer.fit(resume=resume)
+        if dist.is_main:
+            summary.update(parameters=sum(p.numel() for p in net.parameters()), model=spec.preset, data=str(data_dir))
+            write_json_atomic(run_dir / "summary.json", summary)
+            plot_losses(run_dir)
+        return summary
+    except BaseException:
+        if created and not started and dist.is_main:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        shutdown_distributed()
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    has_checkpoints = (run_dir / "checkpoints").is_dir()
+    if resume and not has_checkpoints:
+        raise CheckpointError(f"nothing to resume in {run_dir} (no checkpoints/)",
+                              "drop --resume to start a new run, or pass the run directory you trained into")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"run directory {run_dir} already exists and is not empty",
+                          "pass --resume to continue it, or choose another --out")
+
+
+def _model_config(spec: ModelSpec, meta: dict):
+    overrides = spec.overrides()
+    vocab = overrides.pop("vocab_size", None) or meta["vocab_size"]
+    if vocab < meta["vocab_size"]:
+        raise ConfigError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's ({meta['vocab_size']})",
+                          "drop --model.vocab_size to use the tokenizer's size")
+    return preset_config(spec.preset, vocab_size=vocab, **overrides)
+
+
+def _resolved_spec(spec: ModelSpec, cfg) -> dict:
+    return {"preset": spec.preset, **{k: v for k, v in cfg.to_dict().items() if k != "family"}}
+
+
+def _val_evaluator(val_tokens: np.ndarray, seq_len: int, batch_size: int, max_batches: int, meta: dict):
+    """Validation loss on a fixed, evenly spread set of windows; perplexity and bits per byte from it."""
+    from lmforge.data.loaders import iter_eval_batches
+    from lmforge.train.objectives import causal_lm_loss
+
+    bytes_per_token = meta["val_bytes"] / max(1, meta["val_tokens"])
+
+    def evaluate(model) -> dict:
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for x, y in iter_eval_batches(val_tokens, seq_len, batch_size, max_batches=max_batches):
+            loss_sum, n = causal_lm_loss(model, x.to(device), y.to(device))
+            total += float(loss_sum)
+            count += int(n)
+        loss = total / max(1, count)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
+                "val_bpb": loss / math.log(2) / bytes_per_token}
+
+    return evaluate
+
+
+# ---------------------------------------------------------------------- inference
+def load(run_dir: str | Path, *, device: str = "cpu"):
+    """(model, tokenizer) from a run directory, the model in eval mode."""
+    from lmforge.data.tokenizers import Tokenizer
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist", "pass the --out directory of a training run")
+    model = load_model(run_dir, device=device).eval()
+    tokenizer = Tokenizer.load(run_dir)
+    return model, tokenizer
+
+
+def generate(run_dir_or_model, prompts: str | list[str], *, tokenizer=None, **sampling) -> list[list[str]]:
+    """Sampled continuations: one list of `num_samples` strings per prompt."""
+    from lmforge.infer.generate import generate_text
+    from lmforge.infer.sampling import SamplingParams
+
+    if isinstance(run_dir_or_model, (str, Path)):
+        model, tokenizer = load(run_dir_or_model)
+    else:
+        model = run_dir_or_model
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    return generate_text(model, tokenizer, prompts, SamplingParams(**sampling))
+
+
+def evaluate_perplexity(run_dir: str | Path, data: str, **kwargs) -> dict:
+    """Perplexity and bits per byte of a run's model on a text file or a prepared dataset's val split."""
+    from lmforge.eval.perplexity import perplexity_of_run
+
+    return perplexity_of_run(run_dir, data, **kwargs)
+
+
+# ---------------------------------------------------------------------- the demo
+DEMO_PROMPTS = ("The function", "This module provides", "If the value is")
+
+
+def demo(out: str | Path = "runs/demo", *, max_seconds: float = 150.0, overwrite: bool = True) -> dict:
+    """Built-in corpus -> BPE tokenizer -> small GPT -> perplexity before/after -> samples, on CPU."""
+    out = Path(out)
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    print(f"lmforge demo: preparing the built-in 'python-docs' corpus into {out}/data ...", flush=True)
+    spec = ModelSpec(preset="gpt-mini", block_size=128, n_layer=4, n_head=4, n_embd=192)
+    train = TrainConfig(batch_size=16, seq_len=128, max_steps=1200, max_seconds=max_seconds, lr=2e-3,
+                        warmup_steps=50, weight_decay=0.1, eval_interval=200, eval_batches=16,
+                        checkpoint_interval=400, min_lr_ratio=0.1, device="cpu")
+    summary = pretrain(DataConfig(path="python-docs", tokenizer="bpe", vocab_size=4096), spec, out=out, train=train)
+    before, after = summary["initial_val_loss"], summary["val_loss"]
+    print(f"\nvalidation perplexity: {math.exp(before):,.1f} (untrained) -> {math.exp(after):,.1f} "
+          f"after {summary['steps']} steps ({math.exp(before - after):.0f}x lower)")
+    samples = generate(out, list(DEMO_PROMPTS), max_new_tokens=48, temperature=0.8, top_k=40, seed=0)
+    print("\nsamples:")
+    for prompt, (text,) in zip(DEMO_PROMPTS, samples):
+        print(f"  {prompt!r} -> {prompt}{text}")
+    print(f"\nrun directory: {out}  (total {time.perf_counter() - t0:.0f}s)")
+    summary["samples"] = {p: s[0] for p, s in zip(DEMO_PROMPTS, samples)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary

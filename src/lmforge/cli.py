@@ -1,0 +1,209 @@
+"""`lmforge <verb> [--config recipe.yaml] [--section.key value ...]`: parsing only, the work is in lmforge.api.
+
+Errors a user can fix print `error: <what> — <how to fix>` on one line and exit with status 2
+(pass --debug for the traceback).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import fields
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from lmforge.config import DataConfig, ModelSpec, TrainConfig
+from lmforge.errors import LmforgeError
+
+# A bare `--data X` / `--model X` names the section's main field (`--data.path X`, `--model.preset X`).
+SECTION_SHORTHANDS = {"pretrain": {"--data": "--data.path", "--model": "--model.preset"}}
+
+
+def _parser(description: str) -> ArgumentParser:
+    return ArgumentParser(description=description, exit_on_error=False, env_prefix="LMFORGE", default_env=False)
+
+
+def _sampling_arguments(p: ArgumentParser) -> None:
+    from typing import get_type_hints
+
+    from lmforge.infer.sampling import SamplingParams
+
+    hints, defaults = get_type_hints(SamplingParams), SamplingParams()
+    for f in fields(SamplingParams):
+        p.add_argument(f"--{f.name}", type=hints[f.name], default=getattr(defaults, f.name))
+
+
+def build_parser() -> ArgumentParser:
+    root = ArgumentParser(prog="lmforge", description=__doc__.splitlines()[0], exit_on_error=False)
+    root.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    verbs = root.add_subcommands(dest="verb", required=True)
+
+    p = _parser("Clean a corpus, train a tokenizer and write memmap token shards.")
+    p.add_argument("--data", required=True, help="file, folder, glob, or built-in corpus (python-docs, tinyshakespeare)")
+    p.add_argument("--tokenizer", default="bpe", choices=["bpe", "wordpiece", "unigram", "char"])
+    p.add_argument("--vocab_size", type=int, default=8192)
+    p.add_argument("--val_fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--text_field", default="text", help="JSON field holding the text")
+    p.add_argument("--column", type=str | None, default=None, help="CSV/TSV/Parquet column holding the text")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True)
+    verbs.add_subcommand("prepare", p, help="prepare a dataset")
+
+    p = _parser("Train a language model from scratch; writes a run directory.")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML recipe (see configs/)")
+    p.add_class_arguments(DataConfig, "data")
+    p.add_class_arguments(ModelSpec, "model")
+    p.add_class_arguments(TrainConfig, "train")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    verbs.add_subcommand("pretrain", p, help="pretrain a model")
+
+    p = _parser("Generate text from a trained run.")
+    p.add_argument("--model", required=True, help="run directory")
+    p.add_argument("--prompt", type=list[str] | str, default=[""], help="a prompt, or a JSON list of prompts")
+    p.add_argument("--no_stream", action="store_true", help="print whole samples instead of streaming tokens")
+    _sampling_arguments(p)
+    verbs.add_subcommand("generate", p, help="sample continuations of prompts")
+
+    p = _parser("Chat interactively with a trained run.")
+    p.add_argument("--model", required=True, help="run directory")
+    p.add_argument("--system", type=str | None, default=None)
+    _sampling_arguments(p)
+    verbs.add_subcommand("chat", p, help="interactive chat loop")
+
+    p = _parser("Run the built-in end-to-end demo (no network, CPU, a few minutes).")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--max_seconds", type=float, default=150.0, help="training time budget")
+    verbs.add_subcommand("demo", p, help="prepare -> pretrain -> perplexity -> samples")
+
+    p = _parser("List the model presets.")
+    verbs.add_subcommand("presets", p, help="list model presets")
+
+    p = _parser("Evaluate a trained run.")
+    verbs.add_subcommand("eval", p, help="evaluate a model")
+    kinds = p.add_subcommands(dest="metric", required=True)
+    q = _parser("Perplexity and bits per byte on a text file or a prepared dataset's validation split.")
+    q.add_argument("--model", required=True, help="run directory")
+    q.add_argument("--data", required=True, help="text file or prepared dataset directory")
+    q.add_argument("--stride", type=int | None, default=None, help="sliding-window stride (default: half the context)")
+    q.add_argument("--batch_size", type=int, default=8)
+    kinds.add_subcommand("perplexity", q, help="perplexity / bits per byte")
+    return root
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Accept dashes in option names (`--max-new-tokens`) and the bare section shorthands."""
+    out, verb = [], next((a for a in argv if not a.startswith("-")), None)
+    shorthands = SECTION_SHORTHANDS.get(verb, {})
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            name = "--" + name[2:].replace("-", "_")
+            if name in shorthands and (eq or (i + 1 < len(argv) and not argv[i + 1].startswith("--"))):
+                name = shorthands[name]
+            arg = name + eq + value
+        out.append(arg)
+    return out
+
+
+def run(argv: list[str]) -> int:
+    import lmforge.api as api
+
+    parser = build_parser()
+    ns = parser.parse_args(normalize_argv(argv))
+    verb = ns.verb
+    args = ns[verb]
+    if verb == "prepare":
+        meta = api.prepare(args.data, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                           val_fraction=args.val_fraction, seed=args.seed, text_field=args.text_field,
+                           column=args.column, overwrite=args.overwrite)
+        print(f"wrote {args.out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
+              f"vocab {meta['vocab_size']:,} ({meta['tokenizer']})")
+    elif verb == "pretrain":
+        sections = parser.instantiate(ns)[verb]
+        summary = api.pretrain(sections.data, sections.model, out=args.out, train=sections.train, resume=args.resume)
+        if summary.get("val_loss") is not None:
+            print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, "
+                  f"val ppl {summary['val_ppl']:.2f} -> {args.out}")
+    elif verb == "generate":
+        from lmforge.infer.generate import print_stream
+
+        sampling = _sampling_from(args)
+        prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
+        model, tokenizer = api.load(args.model)
+        if args.no_stream:
+            for prompt, samples in zip(prompts, api.generate(model, prompts, tokenizer=tokenizer, **sampling)):
+                for text in samples:
+                    print(prompt + text)
+        else:
+            print_stream(model, tokenizer, prompts, _params(sampling))
+    elif verb == "chat":
+        from lmforge.infer.chat import chat_loop
+
+        model, tokenizer = api.load(args.model)
+        chat_loop(model, tokenizer, _params(_sampling_from(args)), system=args.system)
+    elif verb == "demo":
+        api.demo(args.out, max_seconds=args.max_seconds)
+    elif verb == "presets":
+        from lmforge.models.gpt import count_parameters
+        from lmforge.models.registry import PRESETS, build_model
+
+        for name in sorted(PRESETS):
+            n = count_parameters(build_model(name, device="meta"))
+            print(f"{name:14s} {n / 1e6:10.1f}M parameters")
+    elif verb == "eval":
+        import json
+
+        result = api.evaluate_perplexity(args.eval.perplexity.model, args.eval.perplexity.data,
+                                         stride=args.eval.perplexity.stride,
+                                         batch_size=args.eval.perplexity.batch_size)
+        print(json.dumps(result))
+    return 0
+
+
+def _sampling_from(args) -> dict:
+    from lmforge.infer.sampling import SamplingParams
+
+    return {f.name: args[f.name] for f in fields(SamplingParams)}
+
+
+def _params(sampling: dict):
+    from lmforge.infer.sampling import SamplingParams
+
+    return SamplingParams(**sampling)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("LMFORGE_DEBUG") == "1"
+    try:
+        code = run(argv)
+    except LmforgeError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except Exception as e:
+        if debug:
+            raise
+        from argparse import ArgumentError
+
+        if isinstance(e, ArgumentError) or type(e).__name__ in ("ArgumentError", "ParserError"):
+            message = " ".join(str(e).split())
+            print(f"error: {message} — see `lmforge {_verb(argv)}--help`", file=sys.stderr)
+            code = 2
+        else:
+            raise
+    sys.exit(code)
+
+
+def _verb(argv: list[str]) -> str:
+    words = [a for a in argv if not a.startswith("-")][:1]
+    return f"{words[0]} " if words else ""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Typed configs for each concern, loadable from YAML recipes and overridable by dotted CLI flags.
+
+`lmforge pretrain --config configs/pretrain/debug.yaml --train.lr 3e-4` fills these dataclasses;
+each validates itself where it is built and names the offending field in a one-line error.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import yaml
+
+from lmforge.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "adagrad", "rmsprop")
+SCHEDULES = ("cosine", "linear", "exponential", "constant", "wsd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _check(cond: bool, what: str, fix: str) -> None:
+    if not cond:
+        raise ConfigError(what, fix)
+
+
+@dataclass
+class DataConfig:
+    """Where training tokens come from."""
+
+    path: str = "python-docs"            # a prepared dataset dir, or a source/corpus to prepare into RUN/data
+    tokenizer: str = "bpe"               # used only when `path` still has to be prepared
+    vocab_size: int = 8192
+    val_fraction: float = 0.1
+    text_field: str = "text"
+
+    def __post_init__(self):
+        _check(bool(self.path), "data.path is empty", "pass --data DIR_OR_FILE_OR_CORPUS")
+        _check(0.0 < self.val_fraction <= 0.5, f"data.val_fraction must be in (0, 0.5], got {self.val_fraction}",
+               "pass e.g. --data.val_fraction 0.1")
+
+
+@dataclass
+class ModelSpec:
+    """A named preset plus optional shape overrides (None keeps the preset's value)."""
+
+    preset: str = "debug"
+    vocab_size: int | None = None        # None: the tokenizer's vocabulary size
+    block_size: int | None = None
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_kv_head: int | None = None
+    n_embd: int | None = None
+    intermediate_size: int | None = None
+    position: str | None = None
+    norm: str | None = None
+    mlp: str | None = None
+    bias: bool | None = None
+    tie_embeddings: bool | None = None
+    dropout: float | None = None
+
+    def overrides(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "preset" and v is not None}
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: optimisation, schedule, precision, evaluation, checkpoints."""
+
+    batch_size: int = 16                 # sequences per micro-batch per process
+    grad_accum: int = 1                  # micro-batches per optimizer step
+    seq_len: int | None = None           # None: the model's context length
+    max_steps: int = 1000
+    max_seconds: float | None = None     # stop after this much wall-clock training time
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1            # final lr = lr * min_lr_ratio (cosine/linear/wsd)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    momentum: float = 0.9                # sgd and rmsprop
+    nesterov: bool = False
+    weight_decay: float = 0.1            # never applied to norms, biases or embeddings
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2          # wsd: share of steps spent decaying at the end
+    gamma: float = 0.999                 # exponential: lr multiplier per step after warmup
+    grad_clip: float | None = 1.0
+    precision: str = "auto"              # auto = bf16 on GPUs that support it, fp32 on CPU
+    compile: bool = False
+    activation_checkpointing: bool = False
+    seed: int = 1337
+    device: str = "auto"
+    log_interval: int = 10
+    eval_interval: int = 200
+    eval_batches: int = 20
+    early_stopping_patience: int | None = None  # evals without val-loss improvement before stopping
+    checkpoint_interval: int = 500
+    keep_last: int = 2
+    progress: bool = True
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        positive = ("batch_size", "grad_accum", "max_steps", "log_interval", "eval_interval", "eval_batches",
+                    "checkpoint_interval", "keep_last")
+        for name in positive:
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"train.{name} must be a positive integer, got {v}",
+                   f"pass --train.{name} 1 or more")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"train.lr must be a positive number, got {self.lr}",
+               "pass e.g. --train.lr 3e-4")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}",
+               "pass e.g. --train.min_lr_ratio 0.1")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}",
+               "pass e.g. --train.weight_decay 0.1")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}",
+               "pass e.g. --train.warmup_steps 100")
+        _check(all(0.0 <= b < 1.0 for b in self.betas), f"train.betas must be in [0, 1), got {list(self.betas)}",
+               "pass e.g. --train.betas [0.9,0.95]")
+        _check(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, "
+               f"got {self.optimizer!r}", "pass e.g. --train.optimizer adamw")
+        _check(self.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}, "
+               f"got {self.schedule!r}", "pass e.g. --train.schedule cosine")
+        _check(self.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, "
+               f"got {self.precision!r}", "pass e.g. --train.precision fp32")
+        _check(0.0 < self.decay_fraction <= 1.0, f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}",
+               "pass e.g. --train.decay_fraction 0.2")
+        _check(0.0 < self.gamma <= 1.0, f"train.gamma must be in (0, 1], got {self.gamma}",
+               "pass e.g. --train.gamma 0.999")
+        _check(self.grad_clip is None or self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}",
+               "pass a positive norm, or omit it to disable clipping")
+        _check(self.max_seconds is None or self.max_seconds > 0,
+               f"train.max_seconds must be > 0, got {self.max_seconds}", "pass a positive number of seconds")
+        _check(self.seq_len is None or self.seq_len > 1, f"train.seq_len must be > 1, got {self.seq_len}",
+               "pass e.g. --train.seq_len 256")
+        _check(self.early_stopping_patience is None or self.early_stopping_patience > 0,
+               f"train.early_stopping_patience must be > 0, got {self.early_stopping_patience}",
+               "pass a positive number of evaluations")
+
+
+def to_yaml(sections: dict) -> str:
+    """Serialise a mapping of section name -> dataclass (or plain value) as a YAML recipe."""
+    plain = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in sections.items()}
+    for v in plain.values():
+        if isinstance(v, dict):
+            for key, item in v.items():
+                if isinstance(item, tuple):
+                    v[key] = list(item)
+    return yaml.safe_dump(plain, sort_keys=False)
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]

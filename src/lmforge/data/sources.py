@@ -1,0 +1,376 @@
+"""Read raw documents from files, folders, globs, built-in corpora or Hugging Face datasets.
+
+Every reader returns a plain ``list[str]``: one entry per document, in a
+deterministic order, with whitespace-only documents dropped.
+
+Supported formats (chosen by file extension):
+
+* ``.txt``, ``.text``, ``.md`` - the whole file is one document;
+* ``.jsonl`` - one JSON object (or string) per line, text under ``text_field``;
+* ``.json`` - a list of objects or strings (a single object is one record);
+* ``.csv``, ``.tsv`` - a header row is required, text in ``column`` (default ``text_field``);
+* ``.parquet`` - text in ``column`` (default ``text_field``).
+
+A single file named explicitly with any other extension is read as plain text.
+"""
+from __future__ import annotations
+
+import csv
+import glob as globlib
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import DataError
+
+BUILTIN_CORPORA: dict[str, str] = {
+    "python-docs": (
+        "about 1.4 MB of English reference text built from the running Python installation: "
+        "every pydoc help topic plus the docstrings of common standard-library modules, "
+        "their public classes, functions and methods (no download needed)"
+    ),
+    "tinyshakespeare": (
+        "Karpathy's 1.1 MB Tiny Shakespeare, read from $LMFORGE_DATA_DIR/tinyshakespeare/input.txt"
+    ),
+}
+
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES + (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+
+# Imported by name for the "python-docs" corpus. The list is fixed and sorted so the
+# corpus is the same on every run; modules with import-time side effects (GUIs,
+# browsers, terminal setup, easter eggs) and deprecated modules are deliberately absent.
+_DOC_MODULES = (
+    "argparse", "ast", "asyncio.base_events", "asyncio.events", "asyncio.futures",
+    "asyncio.locks", "asyncio.queues", "asyncio.streams", "asyncio.subprocess", "asyncio.tasks",
+    "base64", "bdb", "binascii", "bisect", "builtins", "bz2", "calendar", "cmath", "cmd", "code",
+    "codecs", "codeop", "collections", "collections.abc", "colorsys", "concurrent.futures",
+    "configparser", "contextlib", "contextvars", "copy", "copyreg", "csv", "dataclasses",
+    "datetime", "decimal", "difflib", "dis", "doctest", "email.charset", "email.encoders",
+    "email.generator", "email.header", "email.headerregistry", "email.message", "email.parser",
+    "email.policy", "email.utils", "enum", "errno", "filecmp", "fileinput", "fnmatch",
+    "fractions", "ftplib", "functools", "gc", "getopt", "gettext", "glob", "graphlib", "gzip",
+    "hashlib", "heapq", "hmac", "html", "html.parser", "http", "http.client", "http.cookiejar",
+    "http.cookies", "http.server", "imaplib", "importlib", "importlib.abc", "importlib.machinery",
+    "importlib.metadata", "importlib.resources", "importlib.util", "inspect", "io", "ipaddress",
+    "itertools", "json", "json.decoder", "json.encoder", "keyword", "linecache", "locale",
+    "logging", "logging.config", "logging.handlers", "lzma", "mailbox", "marshal", "math",
+    "mimetypes", "modulefinder", "multiprocessing.connection", "multiprocessing.managers",
+    "multiprocessing.pool", "multiprocessing.queues", "multiprocessing.shared_memory",
+    "multiprocessing.synchronize", "netrc", "numbers", "operator", "optparse", "os", "os.path",
+    "pathlib", "pickle", "pickletools", "pkgutil", "platform", "plistlib", "poplib", "posixpath",
+    "pprint", "profile", "pstats", "py_compile", "pyclbr", "queue", "quopri", "random", "re",
+    "reprlib", "runpy", "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "signal",
+    "smtplib", "socket", "socketserver", "sqlite3", "ssl", "stat", "statistics", "string",
+    "stringprep", "struct", "subprocess", "symtable", "sys", "sysconfig", "tabnanny", "tarfile",
+    "tempfile", "textwrap", "threading", "time", "timeit", "token", "tokenize", "tomllib",
+    "trace", "traceback", "tracemalloc", "types", "typing", "unicodedata", "unittest",
+    "unittest.mock", "urllib.error", "urllib.parse", "urllib.request", "urllib.response",
+    "urllib.robotparser", "uuid", "warnings", "wave", "weakref", "xml.dom", "xml.dom.minidom",
+    "xml.dom.pulldom", "xml.etree.ElementTree", "xml.sax", "xml.sax.handler", "xml.sax.saxutils",
+    "xml.sax.xmlreader", "xmlrpc.client", "xmlrpc.server", "zipapp", "zipfile", "zipimport",
+    "zlib", "zoneinfo",
+)
+
+
+def read_documents(spec: str, *, text_field: str = "text", column: str | None = None) -> list[str]:
+    """Return the documents named by ``spec``.
+
+    ``spec`` is a built-in corpus name (see ``BUILTIN_CORPORA``), a file, a folder
+    (searched recursively for supported files, hidden entries skipped, sorted by path),
+    a glob pattern (``data/**/*.jsonl``), or - when the ``datasets`` package is
+    installed - a Hugging Face dataset name whose ``train`` split is loaded.
+    ``column`` picks the CSV/TSV/Parquet/dataset column and defaults to ``text_field``.
+    """
+    spec = str(spec)
+    if spec in BUILTIN_CORPORA:
+        return _read_builtin(spec)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        docs = _read_file(path, text_field, column, explicit=True)
+        if not docs:
+            raise DataError(f"{path} contains no text", "pass a file that contains at least one non-empty document")
+        return docs
+    if path.is_dir():
+        files = _supported_files_under(path)
+        if not files:
+            raise DataError(
+                f"no supported files in folder {path}",
+                f"put text files there ({', '.join(SUPPORTED_SUFFIXES)})",
+            )
+        return _read_many(files, str(path), text_field, column)
+    if globlib.has_magic(spec):
+        files: list[Path] = []
+        for match in sorted(globlib.glob(os.path.expanduser(spec), recursive=True)):
+            p = Path(match)
+            if p.is_dir():
+                files.extend(_supported_files_under(p))
+            elif p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
+                files.append(p)
+        files = sorted(dict.fromkeys(files))
+        if not files:
+            raise DataError(
+                f"no supported files match {spec!r}",
+                f"check the pattern; supported extensions are {', '.join(SUPPORTED_SUFFIXES)}",
+            )
+        return _read_many(files, spec, text_field, column)
+    looks_like_path = spec.startswith((".", "/", "~")) or path.suffix.lower() in SUPPORTED_SUFFIXES
+    if not looks_like_path and importlib.util.find_spec("datasets") is not None:
+        return _read_hf_dataset(spec, column or text_field)
+    raise DataError(
+        f"{spec} does not exist",
+        "pass an existing file, folder or glob, or a built-in corpus ("
+        + ", ".join(BUILTIN_CORPORA)
+        + "); install `datasets` to load Hugging Face datasets by name",
+    )
+
+
+# ----------------------------------------------------------------------------- built-in corpora
+
+
+def _read_builtin(name: str) -> list[str]:
+    if name == "python-docs":
+        return python_docs_corpus()
+    if name == "tinyshakespeare":
+        return _read_file(_data_dir_file("tinyshakespeare", "input.txt"), "text", None, explicit=True)
+    raise AssertionError(name)  # every BUILTIN_CORPORA key is handled above
+
+
+def _data_dir_file(*parts: str) -> Path:
+    root = os.environ.get("LMFORGE_DATA_DIR")
+    if not root:
+        raise DataError(
+            "LMFORGE_DATA_DIR is not set, so the built-in corpus cannot be found",
+            "export LMFORGE_DATA_DIR=/path/to/data (the folder holding " + "/".join(parts) + ")",
+        )
+    path = Path(root).expanduser().joinpath(*parts)
+    if not path.is_file():
+        raise DataError(
+            f"{path} does not exist",
+            f"download it to that path or point LMFORGE_DATA_DIR at the folder that holds {'/'.join(parts)}",
+        )
+    return path
+
+
+def python_docs_corpus() -> list[str]:
+    """The ``python-docs`` corpus: pydoc topics, then stdlib docstrings, one document each.
+
+    The text depends only on the Python version, so it is identical across runs on
+    the same interpreter. Repeated docstrings (inherited or re-exported) appear once.
+    """
+    from pydoc_data.topics import topics
+
+    docs: list[str] = []
+    seen: set[str] = set()
+
+    def add(doc: Any) -> None:
+        if isinstance(doc, str):
+            doc = inspect.cleandoc(doc)
+            if doc.strip() and doc not in seen:
+                seen.add(doc)
+                docs.append(doc)
+
+    for key in sorted(topics):
+        add(topics[key])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in _DOC_MODULES:
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # absent from this Python build (e.g. no _ssl or _sqlite3)
+                continue
+            add(module.__doc__)
+            # Keep objects defined here (or in the module's C accelerator, e.g. _decimal),
+            # so re-exported names are documented once, under their home module.
+            homes = {name, "_" + name.rsplit(".", 1)[-1]}
+            members = vars(module)
+            for attr in sorted(members):
+                obj = members[attr]
+                if attr.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):
+                    continue
+                if name != "builtins" and getattr(obj, "__module__", None) not in homes:
+                    continue
+                add(obj.__doc__)
+                if inspect.isclass(obj):
+                    for meth_name in sorted(vars(obj)):
+                        meth = vars(obj)[meth_name]
+                        if meth_name.startswith("_"):
+                            continue
+                        if isinstance(meth, (staticmethod, classmethod)):
+                            meth = meth.__func__
+                        if inspect.isroutine(meth) or isinstance(meth, property):
+                            add(meth.__doc__)
+    return docs
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _supported_files_under(folder: Path) -> list[Path]:
+    files = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
+            files.append(p)
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _read_many(files: list[Path], spec: str, text_field: str, column: str | None) -> list[str]:
+    docs: list[str] = []
+    for f in files:
+        docs.extend(_read_file(f, text_field, column, explicit=False))
+    if not docs:
+        raise DataError(f"no non-empty documents in {spec}", "check that the files contain text")
+    return docs
+
+
+def _read_file(path: Path, text_field: str, column: str | None, *, explicit: bool) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _read_parquet(path, column or text_field)
+    text = _read_text(path)
+    if suffix == ".jsonl":
+        docs = _read_jsonl(path, text, text_field)
+    elif suffix == ".json":
+        docs = _read_json(path, text, text_field)
+    elif suffix in (".csv", ".tsv"):
+        docs = _read_csv(path, text, column or text_field, "\t" if suffix == ".tsv" else ",")
+    else:
+        docs = [text]
+    docs = [d for d in docs if d.strip()]
+    if explicit and not docs:
+        raise DataError(f"{path} is empty", "pass a file that contains text")
+    return docs
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise DataError(f"{path} is a binary file, not text", "convert it to UTF-8 text or leave it out of --data")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not valid UTF-8 (byte {e.start})",
+            "convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or leave it out of --data",
+        ) from None
+    # Same newline handling as open(): Windows and old-Mac line endings become "\n".
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _field_value(value: Any, where: str, field: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    raise DataError(f"{where}: field {field!r} is a {type(value).__name__}, not a string", "store the text as a string")
+
+
+def _record_text(record: Any, where: str, field: str) -> str:
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{where}: expected a JSON object or string, got {type(record).__name__}",
+            f'store each document as {{"{field}": "..."}} or as a string',
+        )
+    if field not in record:
+        available = ", ".join(map(repr, record)) or "none"
+        raise DataError(f"{where}: no field {field!r} (fields: {available})", "set the text field to one of those fields")
+    return _field_value(record[field], where, field)
+
+
+def _read_jsonl(path: Path, text: str, field: str) -> list[str]:
+    docs = []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{where}: malformed JSON ({e.msg} at column {e.colno})",
+                "fix or remove that line; each line must hold one JSON object",
+            ) from None
+        docs.append(_record_text(record, where, field))
+    return docs
+
+
+def _read_json(path: Path, text: str, field: str) -> list[str]:
+    if not text.strip():
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = "; this looks like JSON Lines, rename it to .jsonl" if e.msg == "Extra data" else ""
+        raise DataError(
+            f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})",
+            "fix the file" + hint,
+        ) from None
+    records = data if isinstance(data, list) else [data]
+    return [_record_text(r, f"{path} item {i}", field) for i, r in enumerate(records)]
+
+
+def _read_csv(path: Path, text: str, column: str, delimiter: str) -> list[str]:
+    old_limit = csv.field_size_limit()
+    # Documents are often far longer than csv's default 128 KiB field limit.
+    csv.field_size_limit(2**31 - 1)
+    try:
+        reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
+        header = next(reader, None)
+        if not header:
+            return []
+        if column not in header:
+            raise DataError(
+                f"{path}: no column {column!r} (columns: {', '.join(map(repr, header))})",
+                "set the text column to one of those columns; the first row must be a header",
+            )
+        index = header.index(column)
+        return [row[index] for row in reader if len(row) > index]
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})", "fix the file") from None
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _read_parquet(path: Path, column: str) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path} is not a readable Parquet file ({e})", "re-export it as Parquet or use .jsonl/.csv") from None
+    if column not in names:
+        raise DataError(
+            f"{path}: no column {column!r} (columns: {', '.join(map(repr, names))})",
+            "set the text column to one of those columns",
+        )
+    values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    return [_field_value(v, f"{path} row {i}", column) for i, v in enumerate(values)]
+
+
+def _read_hf_dataset(name: str, column: str) -> list[str]:
+    import datasets  # optional dependency, checked by the caller
+
+    try:
+        ds = datasets.load_dataset(name, split="train")
+    except Exception as e:
+        raise DataError(
+            f"{name} is not a local path and could not be loaded as a Hugging Face dataset ({type(e).__name__}: {e})",
+            "check the path or the dataset name (and your network connection)",
+        ) from None
+    if column not in ds.column_names:
+        raise DataError(
+            f"dataset {name}: no column {column!r} (columns: {', '.join(map(repr, ds.column_names))})",
+            "set the text column to one of those columns",
+        )
+    return [v for v in ds[column] if isinstance(v, str) and v.strip()]

@@ -1,0 +1,251 @@
+"""Tokenizers: byte-level BPE, WordPiece, Unigram and character-level, all on HF ``tokenizers``.
+
+Every kind saves to and loads from one standard ``tokenizer.json`` that the
+Hugging Face ``tokenizers``/``transformers`` libraries can also read; the kind is
+recognised from the model type and pre-tokenizer stored in that file.
+
+Round trips (``decode(encode(s))``):
+
+* ``bpe`` and ``char``: exact for any text, including Chinese and emoji
+  (``char`` maps characters never seen in training to ``<unk>``, which decodes to nothing);
+* ``unigram``: exact for text made of known characters, except that leading spaces
+  of the whole text are dropped (SentencePiece convention);
+* ``wordpiece``: whitespace is not kept - words and punctuation come back separated
+  by single spaces (``"Hello,\\nworld!"`` -> ``"Hello, world!"``), as in BERT.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import tokenizers as hf
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from lmforge.errors import ConfigError, DataError
+
+TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram", "char")
+EOT = "<|endoftext|>"
+UNK = "<unk>"
+MAX_VOCAB_SIZE = 4_294_967_295
+
+# Tokens every kind needs, in id order (so the end-of-text token of bpe is id 0).
+_REQUIRED_SPECIALS = {
+    "bpe": (EOT,),
+    "wordpiece": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+    "unigram": (EOT, UNK),
+    "char": (EOT, UNK),
+}
+_EOS_CANDIDATES = (EOT, "[SEP]", "</s>", "<eos>", "<|end_of_text|>")
+_PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>")
+_BYTE_ALPHABET = 256
+
+
+class Tokenizer:
+    """A trained tokenizer: ``encode``/``decode`` plus the ids a model needs (``eos_id``, ``pad_id``).
+
+    Wraps a ``tokenizers.Tokenizer`` (available as ``.hf``). Build one with
+    :func:`train_tokenizer` or :meth:`Tokenizer.load`.
+    """
+
+    def __init__(self, hf_tokenizer: hf.Tokenizer, kind: str | None = None):
+        self.hf = hf_tokenizer
+        self.kind = kind or _detect_kind(hf_tokenizer)
+        eos = _first_present(hf_tokenizer, _EOS_CANDIDATES)
+        if eos is None:
+            raise DataError(
+                "the tokenizer has no end-of-text token (looked for " + ", ".join(_EOS_CANDIDATES) + ")",
+                "train it with lmforge, or add one of those tokens as a special token",
+            )
+        self.eos_id: int = eos
+        pad = _first_present(hf_tokenizer, _PAD_CANDIDATES)
+        self.pad_id: int = eos if pad is None else pad
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included."""
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return [t.content for t in self.hf.get_added_tokens_decoder().values() if t.special]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; no special tokens are added."""
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of many texts, encoded in parallel by the Rust library."""
+        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; special tokens are skipped."""
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    def id_to_token(self, id: int) -> str | None:
+        return self.hf.id_to_token(int(id))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``tokenizer.json`` (``path`` is that file or a folder to put it in); returns the file."""
+        path = Path(path)
+        if path.suffix != ".json":
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / "tokenizer.json"
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the target and renamed, so a crash never leaves half a file.
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(self.hf.to_str(pretty=True))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        """Load a ``tokenizer.json``, given the file or the folder that holds it."""
+        path = Path(path).expanduser()
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise DataError(
+                f"no tokenizer at {path}",
+                "pass a tokenizer.json written by `lmforge prepare` (or the folder that holds it)",
+            )
+        try:
+            tok = hf.Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise DataError(
+                f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                "re-create it with `lmforge prepare` or point to an intact copy",
+            ) from None
+        return cls(tok)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
+
+
+def check_tokenizer_args(kind: str, vocab_size: int, special_tokens: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Validate a tokenizer request and return the full special-token list for ``kind``.
+
+    Raises ``ConfigError`` for an unknown kind or an impossible vocabulary size.
+    """
+    if kind not in TOKENIZER_KINDS:
+        raise ConfigError(f"unknown tokenizer {kind!r}", "choose one of: " + ", ".join(TOKENIZER_KINDS))
+    specials = tuple(dict.fromkeys((*_REQUIRED_SPECIALS[kind], *(special_tokens or ()))))
+    if kind == "char":
+        return specials  # the vocabulary is the set of characters seen, whatever vocab_size says
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise ConfigError(f"vocab_size must be an integer, got {vocab_size!r}", "pass e.g. --vocab_size 8192")
+    minimum = len(specials) + 1 + (_BYTE_ALPHABET if kind == "bpe" else 0)
+    if not minimum <= vocab_size <= MAX_VOCAB_SIZE:
+        why = f"{len(specials)} special tokens" + (" and 256 byte tokens" if kind == "bpe" else "")
+        raise ConfigError(
+            f"vocab_size {vocab_size} is out of range for the {kind} tokenizer",
+            f"use a value between {minimum} (room for {why} plus one) and {MAX_VOCAB_SIZE}",
+        )
+    return specials
+
+
+def train_tokenizer(
+    kind: str,
+    texts: Iterable[str],
+    vocab_size: int,
+    *,
+    special_tokens: Sequence[str] | None = None,
+) -> Tokenizer:
+    """Train a tokenizer of ``kind`` ("bpe", "wordpiece", "unigram" or "char") on ``texts``.
+
+    ``special_tokens`` adds tokens to the ones the kind always has
+    (``<|endoftext|>`` for bpe; ``<|endoftext|>``, ``<unk>`` for unigram and char;
+    ``[PAD] [UNK] [CLS] [SEP] [MASK]`` for wordpiece). Special tokens take the
+    first ids. For ``char`` the vocabulary is every distinct character of ``texts``
+    plus the special tokens, and ``vocab_size`` is ignored.
+    """
+    specials = check_tokenizer_args(kind, vocab_size, special_tokens)
+    texts = list(texts) if not isinstance(texts, (list, tuple)) else texts
+    if kind == "char":
+        return _train_char(texts, specials)
+    if kind == "bpe":
+        tok = hf.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(specials),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    elif kind == "wordpiece":
+        tok = hf.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=list(specials), continuing_subword_prefix="##", show_progress=False
+        )
+    else:  # unigram
+        tok = hf.Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=list(specials), unk_token=UNK, show_progress=False
+        )
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    if kind == "wordpiece":
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        # Lets BERT-style models encode single texts and sentence pairs with [CLS]/[SEP].
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+    return Tokenizer(tok, kind)
+
+
+def _train_char(texts: Sequence[str], specials: Sequence[str]) -> Tokenizer:
+    chars: set[str] = set()
+    for t in texts:
+        chars.update(t)
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in sorted(chars - set(vocab)):
+        vocab[ch] = len(vocab)
+    tok = hf.Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    # One pre-token per character ("[\s\S]" also matches newlines, unlike ".").
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(list(specials))
+    return Tokenizer(tok, "char")
+
+
+def _detect_kind(tok: hf.Tokenizer) -> str:
+    model = type(tok.model).__name__
+    if model == "BPE":
+        return "bpe"
+    if model == "WordPiece":
+        return "wordpiece"
+    if model == "Unigram":
+        return "unigram"
+    if model == "WordLevel":
+        pre = json.loads(tok.to_str()).get("pre_tokenizer") or {}
+        if pre.get("type") == "Split":
+            return "char"
+    return model.lower()
+
+
+def _first_present(tok: hf.Tokenizer, candidates: Sequence[str]) -> int | None:
+    for token in candidates:
+        i = tok.token_to_id(token)
+        if i is not None:
+            return i
+    return None

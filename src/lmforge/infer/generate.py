@@ -1,0 +1,303 @@
+"""Autoregressive generation: the reference path every faster engine is tested against.
+
+Prompts of different lengths are left-padded into one batch so that every row's
+next token sits in the same (last) column; an attention mask hides the pads and
+position ids count real tokens only. Keys/values live in a cache preallocated for
+prompt + new tokens, so each decode step feeds one token per row and allocates no
+new cache memory.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable, Sequence, TextIO
+
+import torch
+import torch.nn as nn
+
+from lmforge.errors import ConfigError
+from lmforge.infer.sampling import SamplingParams, apply_repetition_penalty, sample_next
+
+StreamFn = Callable[[int, int], None]
+
+
+@dataclass
+class Completion:
+    """One generated row: new token ids (no prompt, no eos), its text when a tokenizer was given,
+    and why it ended: "eos", "stop" (a stop string) or "length" (max_new_tokens or the context)."""
+
+    ids: list[int]
+    text: str | None
+    finish_reason: str
+
+
+def generate(model: nn.Module, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, *,
+             eos_id: int | None = None, tokenizer=None, stream: StreamFn | None = None,
+             use_cache: bool = True) -> list[list[int]]:
+    """New token ids for each prompt (prompt and eos excluded).
+
+    With `params.num_samples` > 1 the result holds that many rows per prompt, prompt by prompt.
+    Generation of a row ends at `eos_id`, at a stop string (needs `tokenizer`; the ids are cut
+    just before it where token boundaries allow) or after `params.max_new_tokens`, clipped so
+    that prompt + new tokens fit the model's context. `stream(row, token_id)` is called for
+    every new token of a row still running. `use_cache=False` recomputes the whole sequence at
+    every step; it is slow and exists as a reference for the cached path.
+    """
+    return [c.ids for c in generate_completions(model, prompt_ids, params, eos_id=eos_id, tokenizer=tokenizer,
+                                                stream=stream, use_cache=use_cache)]
+
+
+def generate_text(model: nn.Module, tokenizer, prompts: Sequence[str], params: SamplingParams, *,
+                  stream: StreamFn | None = None) -> list[list[str]]:
+    """`params.num_samples` completions (text only, prompt excluded) for each prompt string."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    done = generate_completions(model, ids, params, eos_id=getattr(tokenizer, "eos_id", None), tokenizer=tokenizer,
+                                stream=stream)
+    n = params.num_samples
+    return [[c.text for c in done[i * n:(i + 1) * n]] for i in range(len(prompts))]
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of `prompt`; an empty prompt starts from the end-of-text token, as GPT-2 does."""
+    ids = list(tokenizer.encode(prompt)) if prompt else []
+    if not ids:
+        eos = getattr(tokenizer, "eos_id", None)
+        if eos is None:
+            raise ConfigError("the prompt is empty and the tokenizer has no end-of-text token to start from",
+                              "pass a non-empty prompt")
+        ids = [eos]
+    return ids
+
+
+# ---------------------------------------------------------------- streaming to a terminal
+class TextStreamer:
+    """A `stream` callback that writes one row's text to `output` as it is produced.
+
+    Text is written only once it decodes cleanly: a multi-byte character split across
+    byte-level tokens decodes to U+FFFD until its last byte arrives. Text that could be
+    the start of a stop string is held back until it is clear that it is not one.
+    """
+
+    def __init__(self, tokenizer, output: TextIO | None = None, *, stop: Sequence[str] = (), row: int = 0):
+        self.tokenizer = tokenizer
+        self.output = output if output is not None else sys.stdout
+        self.stop = [s for s in stop if s]
+        self.row = row
+        self.ids: list[int] = []
+        self.written = 0
+        self.stopped = False
+
+    def __call__(self, row: int, token_id: int) -> None:
+        if row != self.row or self.stopped:
+            return
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        text, self.stopped = cut_at_stop(text, self.stop)
+        if not self.stopped:
+            text = text[:len(text) - _held_back(text, self.stop)]
+        self._write(text)
+
+    def end(self) -> str:
+        """Write whatever was held back (no stop string followed it); return the full text."""
+        text, _ = cut_at_stop(self.tokenizer.decode(self.ids), self.stop)
+        self._write(text)
+        return text
+
+    def _write(self, text: str) -> None:
+        if len(text) > self.written:
+            self.output.write(text[self.written:])
+            self.output.flush()
+            self.written = len(text)
+
+
+def stream_text(model: nn.Module, tokenizer, prompt: str | Sequence[int], params: SamplingParams, *,
+                output: TextIO | None = None) -> str:
+    """Generate one completion of `prompt`, writing it to `output` (stdout) as it is produced; return it."""
+    ids = encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
+    if params.num_samples != 1:
+        params = SamplingParams(**{**params.__dict__, "num_samples": 1})
+    streamer = TextStreamer(tokenizer, output, stop=params.stop)
+    [done] = generate_completions(model, [ids], params, eos_id=getattr(tokenizer, "eos_id", None),
+                                  tokenizer=tokenizer, stream=streamer)
+    streamer.end()
+    return done.text
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+# ---------------------------------------------------------------- the decode loop
+def generate_completions(model: nn.Module, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, *,
+                         eos_id: int | None = None, tokenizer=None, stream: StreamFn | None = None,
+                         use_cache: bool = True) -> list[Completion]:
+    """Like `generate`, but each row also carries its text and finish reason."""
+    if isinstance(prompt_ids, torch.Tensor):
+        prompt_ids = prompt_ids.tolist()
+    prompts = [list(map(int, p)) for p in prompt_ids]
+    if not prompts:
+        raise ConfigError("no prompts were given", "pass at least one prompt")
+    block = model.config.block_size
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ConfigError(f"prompt {i} is empty", "pass at least one token per prompt (e.g. the eos id)")
+        if len(p) >= block:
+            raise ConfigError(f"prompt has {len(p)} tokens but the model's context length is {block}",
+                              f"shorten the prompt to at most {block - 1} tokens or use a model with a longer context")
+    if params.stop and tokenizer is None:
+        raise ConfigError("stop strings need a tokenizer to decode the generated text", "pass tokenizer=...")
+    vocab = model.config.vocab_size
+    if any(t < 0 or t >= vocab for p in prompts for t in p):
+        raise ConfigError(f"prompt token ids must be in [0, {vocab})", "encode the prompt with the model's tokenizer")
+
+    rows = [p for p in prompts for _ in range(params.num_samples)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            new_ids, lengths, reasons = _decode(model, rows, params, eos_id, tokenizer, stream, use_cache)
+    finally:
+        model.train(was_training)
+
+    out = []
+    for ids, n, reason in zip(new_ids, lengths, reasons):
+        ids = ids[:n]
+        text = None
+        if tokenizer is not None:
+            text, hit = cut_at_stop(tokenizer.decode(ids), params.stop)
+            if hit:
+                ids = _ids_before(tokenizer, ids, text)
+        out.append(Completion(ids, text, reason))
+    return out
+
+
+def _ids_before(tokenizer, ids: list[int], text: str) -> list[int]:
+    """The shortest prefix of `ids` whose text still covers `text` (the part before a stop string)."""
+    n = len(ids)
+    while n > 0 and tokenizer.decode(ids[:n - 1]).startswith(text):
+        n -= 1
+    return ids[:n]
+
+
+def _decode(model, rows: list[list[int]], params: SamplingParams, eos_id, tokenizer, stream, use_cache):
+    """Run the loop; returns (new ids per row incl. trailing pads, valid length per row, finish reasons)."""
+    ref = next(model.parameters())
+    device = ref.device
+    B = len(rows)
+    lens = [len(r) for r in rows]
+    P = max(lens)
+    steps = min(params.max_new_tokens, model.config.block_size - P)
+    total = P + steps
+    pad = getattr(tokenizer, "pad_id", None)
+    pad = pad if pad is not None else (eos_id if eos_id is not None else 0)
+
+    # seq holds prompt + generated tokens, left padded; it is the input of the uncached path.
+    seq = torch.full((B, total), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        seq[i, P - len(r):P] = torch.tensor(r, dtype=torch.long)
+    seq = seq.to(device)
+    padded = min(lens) != P
+    if padded:
+        mask = torch.zeros(B, total, dtype=torch.bool)
+        for i, n in enumerate(lens):
+            mask[i, P - n:] = True
+        mask = mask.to(device)
+        # Row i's token in column P + s is its (len_i + s)-th real token.
+        positions = (torch.tensor(lens)[:, None] + torch.arange(steps)[None]).to(device)
+    else:
+        mask = None
+        positions = torch.arange(P, total, device=device)[None].expand(B, steps)
+
+    penalty = params.repetition_penalty
+    hist = None
+    if penalty != 1.0:
+        # Pads must not be penalised: stand in each row's first real token for them.
+        hist = seq.clone()
+        for i, r in enumerate(rows):
+            hist[i, :P - len(r)] = r[0]
+
+    gen = None
+    if params.seed is not None:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(params.seed)
+    temperature, top_k, top_p = params.temperature, params.top_k, params.top_p
+
+    track = eos_id is not None or bool(params.stop) or stream is not None
+    stop = params.stop
+    done = [False] * B
+    lengths = [steps] * B
+    reasons = ["length"] * B
+    generated: list[list[int]] = [[] for _ in range(B)]
+    finished = torch.zeros(B, dtype=torch.bool, device=device) if track else None
+    any_done = False
+
+    cache = model.new_kv_cache(B, total) if use_cache else None
+    if use_cache:
+        logits = model(seq[:, :P], kv_cache=cache, attention_mask=mask[:, :P] if padded else None, last_only=True)
+        cache.advance(P)
+    else:
+        logits = model(seq[:, :P], attention_mask=mask[:, :P] if padded else None, last_only=True)
+
+    S = P
+    for s in range(steps):
+        scores = logits[:, -1]
+        if hist is not None:
+            scores = apply_repetition_penalty(scores, hist[:, :S], penalty)
+        nxt = sample_next(scores, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+        if any_done:
+            nxt = nxt.masked_fill(finished, pad)
+        seq[:, S] = nxt
+        if hist is not None:
+            hist[:, S] = nxt
+        S += 1
+        if track:
+            host = nxt.tolist()
+            for i in range(B):
+                if done[i]:
+                    continue
+                tok = host[i]
+                if tok == eos_id:
+                    done[i], lengths[i], reasons[i] = True, s, "eos"
+                else:
+                    if stream is not None:
+                        stream(i, tok)
+                    if stop:
+                        generated[i].append(tok)
+                        if _has_stop(tokenizer.decode(generated[i]), stop):
+                            done[i], lengths[i], reasons[i] = True, s + 1, "stop"
+                if done[i]:
+                    finished[i] = True
+                    any_done = True
+            if any_done and all(done):
+                break
+        if s == steps - 1:
+            break
+        if use_cache:
+            logits = model(seq[:, S - 1:S], kv_cache=cache, attention_mask=mask[:, :S] if padded else None,
+                           position_ids=positions[:, s:s + 1], last_only=True)
+            cache.advance(1)
+        else:
+            logits = model(seq[:, :S], attention_mask=mask[:, :S] if padded else None, last_only=True)
+
+    return seq[:, P:S].tolist(), [min(n, S - P) for n in lengths], reasons
+
+
+def _has_stop(text: str, stop: Sequence[str]) -> bool:
+    return any(s in text for s in stop)

@@ -1,0 +1,203 @@
+"""Building blocks shared by every model family.
+
+Norms, position encodings (learned, sinusoidal, rotary), attention (SDPA plus a
+naive reference kept for tests), feed-forward blocks and a preallocated KV cache.
+Shapes in comments: B batch, T new tokens, S attended tokens, nh heads, hs head size.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ---------------------------------------------------------------- norms
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 so bf16 activations do not lose the small variance terms.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x * self.weight.float()).to(dtype)
+
+
+def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+# ---------------------------------------------------------------- positions
+def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
+    """The fixed sin/cos table of Vaswani et al. (2017), shape (max_len, dim)."""
+    pos = torch.arange(max_len, dtype=torch.float32)[:, None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv[: dim // 2])
+    return table
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for rotary embeddings at integer `positions` (any shape) -> (..., head_dim)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = positions.float()[..., None] * inv_freq  # (..., hs/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # half-split layout, as in Llama / HF
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, nh, T, hs); cos/sin: (B, T, hs) or (T, hs)."""
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+# ---------------------------------------------------------------- KV cache
+class KVCache:
+    """Preallocated keys/values for every layer: (n_layer, B, n_kv_head, max_len, hs).
+
+    `length` counts positions already written. Writing past `max_len` is an error
+    rather than a silent reallocation, so memory use is known up front.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v (B, n_kv, T, hs) at the current position; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (beam search, dropping finished requests)."""
+        self.k = self.k[:, index]
+        self.v = self.v[:, index]
+
+
+# ---------------------------------------------------------------- attention
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    """Textbook softmax(QK^T / sqrt(d)) V; the reference SDPA is tested against.
+
+    q: (B, nh, T, hs), k/v: (B, nh, S, hs), mask: bool broadcastable to (B, nh, T, S), True = attend.
+    """
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    if is_causal:
+        T, S = q.shape[-2], k.shape[-2]
+        causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+def causal_mask(T: int, S: int, device, padding: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool mask (B or 1, 1, T, S): new token i (at position S-T+i) sees keys j <= S-T+i.
+
+    `padding` (B, S) marks real tokens True; padded keys are never attended.
+    """
+    mask = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)[None, None]
+    if padding is not None:
+        mask = mask & padding[:, None, None, :].bool()
+        # A padded query row would otherwise softmax over nothing (NaN); let every
+        # query see its own position, which only affects outputs nobody reads.
+        own = torch.zeros(T, S, dtype=torch.bool, device=device)
+        own[torch.arange(T, device=device), torch.arange(S - T, S, device=device)] = True
+        mask = mask | own[None, None]
+    return mask
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with grouped KV heads (MHA when n_kv_head == n_head, MQA when 1)."""
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, *, bias: bool, dropout: float,
+                 causal: bool = True, rope_theta: float | None = None):
+        super().__init__()
+        assert n_embd % n_head == 0 and n_head % n_kv_head == 0
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_dim = n_embd // n_head
+        self.causal = causal
+        self.rope_theta = rope_theta
+        self.dropout = dropout
+        self.use_naive = False  # flipped by tests to compare against the reference path
+        self.qkv = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, *, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                layer_idx: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        hs, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
+        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer_idx, k, v)  # (B, nkv, S, hs)
+        if nkv != nh:
+            k = k.repeat_interleave(nh // nkv, dim=1)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+        S = k.shape[2]
+        # Without an explicit mask, only a square causal block (or a single decode
+        # token that may see everything before it) can use the fast kernels.
+        is_causal = self.causal and mask is None and T == S and T > 1
+        if self.causal and mask is None and T != S and T > 1:
+            mask = causal_mask(T, S, x.device)
+        drop = self.dropout if self.training else 0.0
+        if self.use_naive:
+            y = naive_attention(q, k, v, mask=mask, is_causal=is_causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+# ---------------------------------------------------------------- feed-forward
+class MLP(nn.Module):
+    """GELU MLP (GPT-2/BERT) or SwiGLU (Llama), chosen by `kind`."""
+
+    def __init__(self, n_embd: int, hidden: int, *, kind: str, bias: bool, dropout: float):
+        super().__init__()
+        self.kind = kind
+        if kind == "swiglu":
+            self.gate = nn.Linear(n_embd, hidden, bias=bias)
+        elif kind not in ("gelu", "gelu_exact"):
+            raise ValueError(f"unknown mlp {kind!r}")
+        self.up = nn.Linear(n_embd, hidden, bias=bias)
+        self.down = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            h = F.silu(self.gate(x)) * self.up(x)
+        else:
+            # GPT-2 uses the tanh approximation, BERT the exact erf form.
+            h = F.gelu(self.up(x), approximate="tanh" if self.kind == "gelu" else "none")
+        return self.dropout(self.down(h))

@@ -1,0 +1,132 @@
+"""Named presets: `build_model("gpt2-124m")`, `preset_config("llama-7b", block_size=512)`.
+
+A preset is a family plus the config values that differ from that family's defaults.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from lmforge.atomic import save_safetensors_atomic, write_json_atomic
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.models.gpt import GPT, GPTConfig
+
+FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT)}
+
+_LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
+
+PRESETS: dict[str, tuple[str, dict]] = {
+    "debug": ("gpt", dict(vocab_size=512, block_size=128, n_layer=2, n_head=4, n_embd=64)),
+    "gpt-mini": ("gpt", dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256)),
+    "gpt2-124m": ("gpt", dict(n_layer=12, n_head=12, n_embd=768)),
+    "gpt2-355m": ("gpt", dict(n_layer=24, n_head=16, n_embd=1024)),
+    "gpt2-774m": ("gpt", dict(n_layer=36, n_head=20, n_embd=1280)),
+    "gpt2-1.5b": ("gpt", dict(n_layer=48, n_head=25, n_embd=1600)),
+    "llama-debug": ("gpt", dict(vocab_size=512, block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
+                                intermediate_size=172, norm_eps=1e-5, **_LLAMA)),
+    # Llama 3.2 1B shapes (GQA 32/8, tied embeddings, rope theta 500k).
+    "llama-1b": ("gpt", dict(vocab_size=128256, block_size=8192, n_layer=16, n_head=32, n_kv_head=8, n_embd=2048,
+                             intermediate_size=8192, rope_theta=500000.0, norm_eps=1e-5,
+                             **{**_LLAMA, "tie_embeddings": True})),
+    # Llama 2 7B shapes: 6.74B parameters.
+    "llama-7b": ("gpt", dict(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, n_embd=4096,
+                             intermediate_size=11008, norm_eps=1e-5, **_LLAMA)),
+}
+
+
+def list_presets() -> list[str]:
+    return sorted(PRESETS)
+
+
+def _unknown_preset(name: str) -> ConfigError:
+    close = difflib.get_close_matches(name, PRESETS, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ConfigError(f"unknown model preset {name!r}", f"{hint}available presets: {', '.join(list_presets())}")
+
+
+def preset_config(name: str, **overrides):
+    """The config of preset `name` with `overrides` applied (validated)."""
+    if name not in PRESETS:
+        raise _unknown_preset(name)
+    family, values = PRESETS[name]
+    config_cls, _ = FAMILIES[family]
+    return config_cls.from_dict({**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def config_from_dict(d: dict):
+    family = d.get("family", "gpt")
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}", f"known families: {', '.join(FAMILIES)}")
+    return FAMILIES[family][0].from_dict(d)
+
+
+def build_model(config_or_name, *, device: str | torch.device | None = None, **overrides) -> nn.Module:
+    """Instantiate a model from a preset name or a config. `device="meta"` allocates nothing."""
+    cfg = preset_config(config_or_name, **overrides) if isinstance(config_or_name, str) else config_or_name
+    model_cls = FAMILIES[cfg.to_dict()["family"]][1]
+    if device is None:
+        return model_cls(cfg)
+    with torch.device(device):
+        return model_cls(cfg)
+
+
+def save_model(model: nn.Module, directory: str | Path) -> None:
+    """Write `model.safetensors` + `config.json` into `directory`, each atomically."""
+    directory = Path(directory)
+    save_safetensors_atomic(weights_for_saving(model), directory / "model.safetensors",
+                            metadata={"format": "pt", "family": model.family})
+    write_json_atomic(directory / "config.json", model.config.to_dict())
+
+
+def weights_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without the tied lm_head (safetensors stores each tensor once)."""
+    state = model.state_dict()
+    if getattr(model.config, "tie_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model saved by `save_model` (or a run directory)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+    if not directory.exists():
+        raise CheckpointError(f"model directory {directory} does not exist", "pass a run directory written by lmforge")
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise CheckpointError(f"{p} is missing", "pass a complete run directory (config.json + model.safetensors)")
+    try:
+        cfg = config_from_dict(json.loads(cfg_path.read_text()))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({e.msg})", "restore it or re-run training") from None
+    model = build_model(cfg)
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{weights} is corrupt or unreadable ({type(e).__name__})",
+                              "re-run training or restore the file from a backup") from None
+    load_state(model, state, source=str(weights))
+    return model.to(device)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Strict load that names the missing/unexpected/mis-shaped keys in a one-line error."""
+    expected = model.state_dict()
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_embeddings", False) else set()
+    missing = sorted(set(expected) - set(state) - tied)
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(s for s in (
+            f"missing {', '.join(missing[:3])}" if missing else "",
+            f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+            f"shape mismatch {', '.join(shapes[:3])}" if shapes else "") if s)
+        raise CheckpointError(f"weights in {source} do not match the model config ({detail})",
+                              "load them with the config.json they were saved with")
+    model.load_state_dict(state, strict=False)

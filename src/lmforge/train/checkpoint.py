@@ -1,0 +1,139 @@
+"""Checkpoints: safetensors weights + optimizer tensors, JSON trainer state, written atomically.
+
+Layout inside a run directory::
+
+    checkpoints/step_00000500/   model.safetensors, config.json, optimizer.safetensors, state.json
+    checkpoints/best/            the same, for the lowest validation loss
+    model.safetensors, config.json, state/   a copy of the latest checkpoint (what `load_model(RUN)` reads)
+
+Each checkpoint directory is assembled under a temporary name and renamed into place, so a
+process killed at any moment leaves either the previous checkpoint or the new one, never half.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from lmforge.atomic import save_safetensors_atomic, write_json_atomic
+from lmforge.errors import CheckpointError
+from lmforge.models.registry import load_state, weights_for_saving
+
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (safetensors) and plain values (JSON)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    states = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"rng.cuda.{i}"] = s
+    return states
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def write_checkpoint(directory: Path, model, optimizer, state: dict) -> None:
+    """Write a complete checkpoint to `directory` via a temporary sibling and one rename."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_safetensors_atomic(weights_for_saving(model), tmp / "model.safetensors", metadata={"format": "pt"})
+        write_json_atomic(tmp / "config.json", model.config.to_dict())
+        opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+        save_safetensors_atomic({**opt_tensors, **rng_state()}, tmp / "optimizer.safetensors")
+        write_json_atomic(tmp / "state.json", {**state, "optimizer": opt_meta})
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """Newest complete step checkpoint (an interrupted write leaves only a `.tmp` dir, which is skipped)."""
+    for path in reversed(step_checkpoints(run_dir)):
+        if all((path / f).is_file() for f in ("model.safetensors", "optimizer.safetensors", "state.json")):
+            return path
+    return None
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    for path in step_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore weights, optimizer and RNG from checkpoint `path`; return its trainer state."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        weights = load_file(str(path / "model.safetensors"))
+        extra = load_file(str(path / "optimizer.safetensors"))
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__})",
+                              f"delete {path} to resume from the previous checkpoint") from None
+    load_state(model, weights, source=str(path / "model.safetensors"))
+    opt_tensors = {k: v for k, v in extra.items() if not k.startswith("rng.")}
+    optimizer_from_tensors(optimizer, opt_tensors, state.pop("optimizer"))
+    restore_rng({k: v for k, v in extra.items() if k.startswith("rng.")})
+    return state
+
+
+def publish(checkpoint: Path, run_dir: Path) -> None:
+    """Copy a checkpoint's weights and state to the top of the run directory (the loadable model)."""
+    run_dir = Path(run_dir)
+    state_dir = run_dir / "state"
+    state_dir.mkdir(exist_ok=True)
+    for name, dest in (("model.safetensors", run_dir / "model.safetensors"), ("config.json", run_dir / "config.json"),
+                       ("optimizer.safetensors", state_dir / "optimizer.safetensors"),
+                       ("state.json", state_dir / "state.json")):
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(checkpoint / name, tmp)
+        tmp.replace(dest)

@@ -1,0 +1,310 @@
+"""The one training loop every objective and model family goes through.
+
+    for each step: accumulate token-weighted micro-batch gradients -> clip -> optimizer step
+                   -> log / evaluate / checkpoint (rank 0)
+
+Resuming restores weights, optimizer, RNG and the data cursor from the newest complete
+checkpoint, so an interrupted run ends with exactly the weights of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from lmforge.atomic import write_json_atomic
+from lmforge.config import TrainConfig
+from lmforge.errors import TrainingError
+from lmforge.train import checkpoint as ckpt
+from lmforge.train.distributed import DistInfo, all_reduce_sum, apply_ddp, unwrap
+from lmforge.train.objectives import causal_lm_loss
+from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
+from lmforge.train.precision import autocast, grad_scaler, resolve_precision
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    tokens: int = 0
+    wall_seconds: float = 0.0
+    best_val_loss: float = math.inf
+    evals_since_best: int = 0
+    initial_val_loss: float | None = None
+    last_train_loss: float | None = None
+    last_val: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains `model` on batches from `loader` (an object with `next_batch()` and `state_dict()`).
+
+    `evaluate` returns validation figures (at least `val_loss`) for the bare model, or is None.
+    `on_step(trainer)` is called after every optimizer step (for tests and custom stopping).
+    """
+
+    def __init__(self, model: nn.Module, loader, cfg: TrainConfig, run_dir: str | Path, *,
+                 dist: DistInfo | None = None, objective: Callable = causal_lm_loss,
+                 evaluate: Callable[[nn.Module], dict] | None = None,
+                 on_step: Callable[["Trainer"], None] | None = None):
+        self.cfg = cfg
+        self.dist = dist or DistInfo()
+        self.device = self.dist.device
+        self.run_dir = Path(run_dir)
+        self.model = model.to(self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.optimizer = build_optimizer(self.model, cfg, device_type=self.device.type)
+        self.scaler = grad_scaler(self.precision, self.device)
+        self.loader = loader
+        self.objective = objective
+        self.evaluate_fn = evaluate
+        self.on_step = on_step
+        self.state = TrainerState()
+        self.wrapped = self._wrap(self.model)
+        self.stop_reason = ""
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        from lmforge.train.distributed import apply_activation_checkpointing, apply_compile
+
+        if self.cfg.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        if self.cfg.compile:
+            apply_compile(model)
+        return apply_ddp(model, self.dist)
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Accumulate gradients over `micro_batches` so that the result equals one batch holding all of
+        them (losses are summed and divided by the global number of targets), then step.
+
+        Returns the mean loss per target over the global batch.
+        """
+        model, opt = self.wrapped, self.optimizer
+        targets = [y for _, y in micro_batches]
+        n_local = torch.tensor(float(sum(int((y != -100).sum()) for y in targets)), device=self.device)
+        n_global = all_reduce_sum(n_local.clone(), self.dist)
+        # DDP averages gradients over ranks; scale by world size so the result is a sum over all targets.
+        scale = self.dist.world_size / n_global.clamp(min=1.0)
+        total = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(micro_batches):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = i == len(micro_batches) - 1
+            sync = model.no_sync() if (self.dist.enabled and not last) else _null()
+            with sync:
+                with autocast(self.precision, self.device):
+                    loss_sum, _ = self.objective(model, x, y)
+                self.scaler.scale(loss_sum * scale).backward()
+            total += loss_sum.detach()
+        total = all_reduce_sum(total, self.dist)
+        mean_loss = float(total / n_global.clamp(min=1.0))
+        if not math.isfinite(mean_loss):
+            opt.zero_grad(set_to_none=True)
+            return mean_loss
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        set_lr(opt, self.cfg.lr * lr_multiplier(self.state.step, self.cfg))
+        self.scaler.step(opt)
+        self.scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return mean_loss
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, *, resume: bool = False) -> dict:
+        cfg, st = self.cfg, self.state
+        if resume:
+            self._resume()
+        metrics = _MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main, truncate_after=st.step)
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
+        if st.step == 0 and self.evaluate_fn is not None and st.initial_val_loss is None:
+            figures = self._evaluate()
+            st.initial_val_loss = figures["val_loss"]
+            metrics.write({"step": 0, **figures})
+        bar = _progress(cfg, st.step, enabled=self.dist.is_main and cfg.progress)
+        start_wall, start_seconds, window_tokens, window_start = time.perf_counter(), st.wall_seconds, 0, time.perf_counter()
+        self.stop_reason = "max_steps"
+        try:
+            while st.step < cfg.max_steps:
+                batches = [self.loader.next_batch() for _ in range(cfg.grad_accum)]
+                loss = self.train_step(batches)
+                if not math.isfinite(loss):
+                    self._stop_on_nan(loss)
+                step_tokens = sum(int(x.numel()) for x, _ in batches) * self.dist.world_size
+                st.step += 1
+                st.tokens += step_tokens
+                window_tokens += step_tokens
+                st.last_train_loss = loss
+                st.wall_seconds = start_seconds + time.perf_counter() - start_wall
+                if st.step % cfg.log_interval == 0 or st.step == cfg.max_steps:
+                    now = time.perf_counter()
+                    tps = window_tokens / max(now - window_start, 1e-9)
+                    window_tokens, window_start = 0, now
+                    metrics.write({"step": st.step, "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                                   "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+                if bar is not None:
+                    bar.update(1)
+                out_of_time = cfg.max_seconds is not None and st.wall_seconds >= cfg.max_seconds
+                final = st.step == cfg.max_steps or out_of_time
+                stop_early = False
+                if self.evaluate_fn is not None and (st.step % cfg.eval_interval == 0 or final):
+                    figures = self._evaluate()
+                    metrics.write({"step": st.step, **figures, "elapsed": st.wall_seconds})
+                    stop_early = self._track_best(figures)
+                if st.step % cfg.checkpoint_interval == 0 or final or stop_early:
+                    self.save()
+                if self.on_step is not None:
+                    self.on_step(self)
+                if out_of_time:
+                    self.stop_reason = "max_seconds"
+                    break
+                if stop_early:
+                    self.stop_reason = "early_stopping"
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.summary(tokens_per_step)
+
+    # ------------------------------------------------------------------ pieces
+    def _evaluate(self) -> dict:
+        bare = unwrap(self.model)
+        was_training = bare.training
+        bare.eval()
+        with torch.no_grad(), autocast(self.precision, self.device):
+            figures = self.evaluate_fn(bare)
+        bare.train(was_training)
+        self.state.last_val = figures
+        return figures
+
+    def _track_best(self, figures: dict) -> bool:
+        st, cfg = self.state, self.cfg
+        if figures["val_loss"] < st.best_val_loss:
+            st.best_val_loss, st.evals_since_best = figures["val_loss"], 0
+            if self.dist.is_main:
+                ckpt.write_checkpoint(self.run_dir / "checkpoints" / "best", self.model, self.optimizer,
+                                      self._state_dict())
+            return False
+        st.evals_since_best += 1
+        return cfg.early_stopping_patience is not None and st.evals_since_best >= cfg.early_stopping_patience
+
+    def _state_dict(self) -> dict:
+        return {**self.state.__dict__, "loader": self.loader.state_dict(), "best_val_loss": self.state.best_val_loss
+                if math.isfinite(self.state.best_val_loss) else None}
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        path = self.run_dir / "checkpoints" / f"step_{self.state.step:08d}"
+        ckpt.write_checkpoint(path, self.model, self.optimizer, self._state_dict())
+        ckpt.publish(path, self.run_dir)
+        ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
+        return path
+
+    def _resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            return
+        saved = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        self.loader.load_state_dict(saved.pop("loader"))
+        best = saved.pop("best_val_loss")
+        self.state = TrainerState(**{k: v for k, v in saved.items() if k in TrainerState.__dataclass_fields__})
+        self.state.best_val_loss = math.inf if best is None else best
+
+    def _stop_on_nan(self, loss: float) -> None:
+        last = ckpt.latest_checkpoint(self.run_dir)
+        if self.dist.is_main and self.state.step > 0:
+            # The weights are still those of the last finite step: keep them as a checkpoint.
+            last = self.save()
+        where = f"; the last good checkpoint is {last}" if last else ""
+        raise TrainingError(f"training loss became {loss} at step {self.state.step + 1}{where}",
+                            "lower --train.lr, set --train.grad_clip 1.0, or use --train.precision fp32, "
+                            "then --resume")
+
+    def summary(self, tokens_per_step: int) -> dict:
+        st = self.state
+        val = st.last_val
+        return {
+            "steps": st.step, "tokens": st.tokens, "wall_seconds": round(st.wall_seconds, 3),
+            "tokens_per_second": st.tokens / st.wall_seconds if st.wall_seconds else None,
+            "train_loss": st.last_train_loss, "val_loss": val.get("val_loss"), "val_ppl": val.get("val_ppl"),
+            "val_bpb": val.get("val_bpb"), "initial_val_loss": st.initial_val_loss,
+            "best_val_loss": st.best_val_loss if math.isfinite(st.best_val_loss) else None,
+            "stop_reason": self.stop_reason, "tokens_per_step": tokens_per_step, "precision": self.precision,
+            "world_size": self.dist.world_size,
+        }
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+class _MetricsLog:
+    """Appends JSON lines; on resume drops lines logged after the checkpoint being resumed from."""
+
+    def __init__(self, path: Path, *, enabled: bool, truncate_after: int):
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= truncate_after]
+            if truncate_after == 0:
+                kept = []
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _progress(cfg: TrainConfig, initial: int, *, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot_losses(run_dir: str | Path) -> Path | None:
+    """plots/loss.png: train and validation loss against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmforge.atomic import atomic_path
+
+    records = read_metrics(run_dir)
+    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if not train and not val:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", lw=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(run_dir) / "plots" / "loss.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return out
