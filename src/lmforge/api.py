@@ -59,9 +59,10 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
     train = train or TrainConfig()
     run_dir = Path(out)
     preset_config(spec.preset)  # unknown presets fail before anything is written
-    _check_run_dir(run_dir, resume)
     dist = init_distributed(train.device)
+    _check_run_dir(run_dir, resume)
     created = not run_dir.exists()
+    broadcast_object(None, dist)  # every rank checks the run directory before rank 0 writes to it
     started = False
     try:
         data_dir = Path(data.path) if _is_prepared(data.path) else run_dir / "data"

@@ -207,33 +207,48 @@ def _batches(pieces: Sequence[str]) -> Iterator[list[tuple[str, bool]]]:
         yield batch
 
 
-def _encoder(tok: Tokenizer, num_workers: int | None) -> Callable[[list[str]], list[list[int]]]:
-    encode_batch = getattr(tok.hf, "encode_batch_fast", tok.hf.encode_batch)  # fast: no offsets
+class _Encoder:
+    """Batch encoder; ``num_workers=None`` uses the tokenizer library's own thread pool.
 
-    def rust_parallel(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in encode_batch(texts, add_special_tokens=False)]
+    An explicit worker count turns that pool off for the duration and runs that many
+    Python threads instead (encoding releases the GIL).
+    """
 
-    if num_workers is None:
-        return rust_parallel
-    if num_workers < 1:
-        raise ConfigError(f"num_workers must be at least 1, got {num_workers}", "pass a positive number or leave it unset")
-    # An explicit worker count: turn off the library's own thread pool and run that many
-    # Python threads instead (encoding releases the GIL).
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    if num_workers == 1:
-        return rust_parallel
-    pool = ThreadPoolExecutor(num_workers)
+    def __init__(self, tok: Tokenizer, num_workers: int | None):
+        self._encode_batch = getattr(tok.hf, "encode_batch_fast", tok.hf.encode_batch)  # fast: skips offsets
+        self.num_workers = num_workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._saved_env: str | None = None
 
-    def threaded(texts: list[str]) -> list[list[int]]:
-        step = -(-len(texts) // num_workers)
-        parts = pool.map(rust_parallel, [texts[i : i + step] for i in range(0, len(texts), step)])
+    def __enter__(self) -> "_Encoder":
+        if self.num_workers is not None:
+            self._saved_env = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            if self.num_workers > 1:
+                self._pool = ThreadPoolExecutor(self.num_workers)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self.num_workers is not None:
+            if self._saved_env is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = self._saved_env
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._encode_batch(texts, add_special_tokens=False)]
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        if self._pool is None:
+            return self._encode(texts)
+        step = -(-len(texts) // self.num_workers)
+        parts = self._pool.map(self._encode, [texts[i : i + step] for i in range(0, len(texts), step)])
         return [ids for part in parts for ids in part]
 
-    threaded.pool = pool  # type: ignore[attr-defined]
-    return threaded
 
-
-def _write_split(path: Path, pieces: Sequence[str], tok: Tokenizer, encode: Callable, dtype: np.dtype,
+def _write_split(path: Path, pieces: Sequence[str], tok: Tokenizer, encode: _Encoder, dtype: np.dtype,
                  desc: str, progress: bool) -> int:
     from tqdm.auto import tqdm
 
@@ -295,6 +310,8 @@ def prepare_dataset(
     out = Path(out).expanduser()
     if not 0 < val_fraction <= 0.5:
         raise ConfigError(f"val_fraction must be in (0, 0.5], got {val_fraction}", "pass e.g. --val_fraction 0.1")
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1):
+        raise ConfigError(f"num_workers must be a positive integer, got {num_workers!r}", "pass e.g. 4, or leave it unset to use all cores")
     loaded = Tokenizer.load(tokenizer_path) if tokenizer_path else None
     if loaded is None:
         check_tokenizer_args(tokenizer, vocab_size)
@@ -310,15 +327,14 @@ def prepare_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    encode = None
     try:
         tmp.mkdir()
         tok = loaded or train_tokenizer(tokenizer, train_pieces, vocab_size)
         dtype = token_dtype(tok.vocab_size)
-        encode = _encoder(tok, num_workers)
         counts = {}
-        for split, pieces in (("train", train_pieces), ("val", val_pieces)):
-            counts[split] = _write_split(tmp / f"{split}.bin", pieces, tok, encode, dtype, f"encode {split}", progress)
+        with _Encoder(tok, num_workers) as encode:
+            for split, pieces in (("train", train_pieces), ("val", val_pieces)):
+                counts[split] = _write_split(tmp / f"{split}.bin", pieces, tok, encode, dtype, f"encode {split}", progress)
         if counts["train"] == 0:
             raise DataError("the training split holds no tokens", "pass more text")
         if counts["val"] == 0:
@@ -349,10 +365,6 @@ def prepare_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        pool = getattr(encode, "pool", None)
-        if pool is not None:
-            pool.shutdown()
     return meta
 
 

@@ -15,14 +15,14 @@ A single file named explicitly with any other extension is read as plain text.
 """
 from __future__ import annotations
 
+import ast
 import csv
 import glob as globlib
-import importlib
 import importlib.util
 import inspect
 import json
 import os
-import warnings
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from lmforge.errors import DataError
 
 BUILTIN_CORPORA: dict[str, str] = {
     "python-docs": (
-        "about 1.4 MB of English reference text built from the running Python installation: "
+        "about 1.3 MB of English reference text from the running Python installation: "
         "every pydoc help topic plus the docstrings of common standard-library modules, "
         "their public classes, functions and methods (no download needed)"
     ),
@@ -42,39 +42,41 @@ BUILTIN_CORPORA: dict[str, str] = {
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
-# Imported by name for the "python-docs" corpus. The list is fixed and sorted so the
-# corpus is the same on every run; modules with import-time side effects (GUIs,
-# browsers, terminal setup, easter eggs) and deprecated modules are deliberately absent.
+# Read for the "python-docs" corpus. Docstrings are taken from the source files (the
+# modules are never imported), so the corpus cannot be changed by import side effects
+# or by libraries that monkeypatch the standard library. Modules written in C have no
+# source to read and are left out; _pydecimal and _pyio hold the documented Python
+# versions of decimal and io.
 _DOC_MODULES = (
-    "argparse", "ast", "asyncio.base_events", "asyncio.events", "asyncio.futures",
-    "asyncio.locks", "asyncio.queues", "asyncio.streams", "asyncio.subprocess", "asyncio.tasks",
-    "base64", "bdb", "binascii", "bisect", "builtins", "bz2", "calendar", "cmath", "cmd", "code",
-    "codecs", "codeop", "collections", "collections.abc", "colorsys", "concurrent.futures",
-    "configparser", "contextlib", "contextvars", "copy", "copyreg", "csv", "dataclasses",
-    "datetime", "decimal", "difflib", "dis", "doctest", "email.charset", "email.encoders",
-    "email.generator", "email.header", "email.headerregistry", "email.message", "email.parser",
-    "email.policy", "email.utils", "enum", "errno", "filecmp", "fileinput", "fnmatch",
-    "fractions", "ftplib", "functools", "gc", "getopt", "gettext", "glob", "graphlib", "gzip",
-    "hashlib", "heapq", "hmac", "html", "html.parser", "http", "http.client", "http.cookiejar",
-    "http.cookies", "http.server", "imaplib", "importlib", "importlib.abc", "importlib.machinery",
-    "importlib.metadata", "importlib.resources", "importlib.util", "inspect", "io", "ipaddress",
-    "itertools", "json", "json.decoder", "json.encoder", "keyword", "linecache", "locale",
-    "logging", "logging.config", "logging.handlers", "lzma", "mailbox", "marshal", "math",
-    "mimetypes", "modulefinder", "multiprocessing.connection", "multiprocessing.managers",
+    "_collections_abc", "_pydecimal", "_pyio", "argparse", "ast", "asyncio.base_events",
+    "asyncio.events", "asyncio.futures", "asyncio.locks", "asyncio.queues", "asyncio.streams",
+    "asyncio.subprocess", "asyncio.tasks", "base64", "bdb", "bisect", "bz2", "calendar", "cmd",
+    "code", "codecs", "codeop", "collections", "colorsys", "concurrent.futures._base",
+    "concurrent.futures.process", "concurrent.futures.thread", "configparser", "contextlib",
+    "copy", "copyreg", "csv", "dataclasses", "datetime", "difflib", "dis", "doctest",
+    "email.charset", "email.encoders", "email.generator", "email.header", "email.headerregistry",
+    "email.message", "email.parser", "email.policy", "email.utils", "enum", "filecmp",
+    "fileinput", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob",
+    "graphlib", "gzip", "hashlib", "heapq", "hmac", "html", "html.parser", "http", "http.client",
+    "http.cookiejar", "http.cookies", "http.server", "imaplib", "importlib", "importlib.abc",
+    "importlib.machinery", "importlib.metadata", "importlib.resources", "importlib.util",
+    "inspect", "io", "ipaddress", "json", "json.decoder", "json.encoder", "keyword", "linecache",
+    "locale", "logging", "logging.config", "logging.handlers", "lzma", "mailbox", "mimetypes",
+    "modulefinder", "multiprocessing.connection", "multiprocessing.managers",
     "multiprocessing.pool", "multiprocessing.queues", "multiprocessing.shared_memory",
-    "multiprocessing.synchronize", "netrc", "numbers", "operator", "optparse", "os", "os.path",
-    "pathlib", "pickle", "pickletools", "pkgutil", "platform", "plistlib", "poplib", "posixpath",
-    "pprint", "profile", "pstats", "py_compile", "pyclbr", "queue", "quopri", "random", "re",
-    "reprlib", "runpy", "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "signal",
-    "smtplib", "socket", "socketserver", "sqlite3", "ssl", "stat", "statistics", "string",
-    "stringprep", "struct", "subprocess", "symtable", "sys", "sysconfig", "tabnanny", "tarfile",
-    "tempfile", "textwrap", "threading", "time", "timeit", "token", "tokenize", "tomllib",
-    "trace", "traceback", "tracemalloc", "types", "typing", "unicodedata", "unittest",
-    "unittest.mock", "urllib.error", "urllib.parse", "urllib.request", "urllib.response",
+    "multiprocessing.synchronize", "netrc", "numbers", "operator", "optparse", "os", "pathlib",
+    "pickle", "pickletools", "pkgutil", "platform", "plistlib", "poplib", "posixpath", "pprint",
+    "profile", "pstats", "py_compile", "pyclbr", "queue", "quopri", "random", "re", "reprlib",
+    "runpy", "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "signal", "smtplib",
+    "socket", "socketserver", "sqlite3", "ssl", "stat", "statistics", "string", "stringprep",
+    "struct", "subprocess", "symtable", "sysconfig", "tabnanny", "tarfile", "tempfile",
+    "textwrap", "threading", "timeit", "token", "tokenize", "tomllib", "trace", "traceback",
+    "tracemalloc", "types", "typing", "unittest", "unittest.case", "unittest.mock",
+    "unittest.suite", "urllib.error", "urllib.parse", "urllib.request", "urllib.response",
     "urllib.robotparser", "uuid", "warnings", "wave", "weakref", "xml.dom", "xml.dom.minidom",
     "xml.dom.pulldom", "xml.etree.ElementTree", "xml.sax", "xml.sax.handler", "xml.sax.saxutils",
     "xml.sax.xmlreader", "xmlrpc.client", "xmlrpc.server", "zipapp", "zipfile", "zipimport",
-    "zlib", "zoneinfo",
+    "zoneinfo",
 )
 
 
@@ -160,52 +162,45 @@ def _data_dir_file(*parts: str) -> Path:
 def python_docs_corpus() -> list[str]:
     """The ``python-docs`` corpus: pydoc topics, then stdlib docstrings, one document each.
 
-    The text depends only on the Python version, so it is identical across runs on
-    the same interpreter. Repeated docstrings (inherited or re-exported) appear once.
+    Docstrings of each listed module, its public classes and functions and the public
+    methods of those classes are read from the standard library's source files. The
+    text depends only on the Python version, so it is identical across runs on the
+    same interpreter. Repeated docstrings appear once.
     """
     from pydoc_data.topics import topics
 
     docs: list[str] = []
     seen: set[str] = set()
 
-    def add(doc: Any) -> None:
-        if isinstance(doc, str):
-            doc = inspect.cleandoc(doc)
-            if doc.strip() and doc not in seen:
-                seen.add(doc)
-                docs.append(doc)
+    def add(doc: str | None) -> None:
+        if doc and doc.strip() and doc not in seen:
+            seen.add(doc)
+            docs.append(doc)
 
     for key in sorted(topics):
-        add(topics[key])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in _DOC_MODULES:
-            try:
-                module = importlib.import_module(name)
-            except Exception:  # absent from this Python build (e.g. no _ssl or _sqlite3)
-                continue
-            add(module.__doc__)
-            # Keep objects defined here (or in the module's C accelerator, e.g. _decimal),
-            # so re-exported names are documented once, under their home module.
-            homes = {name, "_" + name.rsplit(".", 1)[-1]}
-            members = vars(module)
-            for attr in sorted(members):
-                obj = members[attr]
-                if attr.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):
-                    continue
-                if name != "builtins" and getattr(obj, "__module__", None) not in homes:
-                    continue
-                add(obj.__doc__)
-                if inspect.isclass(obj):
-                    for meth_name in sorted(vars(obj)):
-                        meth = vars(obj)[meth_name]
-                        if meth_name.startswith("_"):
-                            continue
-                        if isinstance(meth, (staticmethod, classmethod)):
-                            meth = meth.__func__
-                        if inspect.isroutine(meth) or isinstance(meth, property):
-                            add(meth.__doc__)
+        add(inspect.cleandoc(topics[key]))
+    stdlib = Path(sysconfig.get_path("stdlib"))
+    for name in _DOC_MODULES:
+        base = stdlib.joinpath(*name.split("."))
+        source = base.with_suffix(".py")
+        if not source.is_file():
+            source = base / "__init__.py"
+        try:
+            tree = ast.parse(source.read_bytes())
+        except (OSError, SyntaxError, ValueError):  # absent or unreadable in this installation
+            continue
+        add(ast.get_docstring(tree))
+        for node in tree.body:
+            if isinstance(node, _DEFINITIONS) and not node.name.startswith("_"):
+                add(ast.get_docstring(node))
+                if isinstance(node, ast.ClassDef):
+                    for member in node.body:
+                        if isinstance(member, _DEFINITIONS) and not member.name.startswith("_"):
+                            add(ast.get_docstring(member))
     return docs
+
+
+_DEFINITIONS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
 # ----------------------------------------------------------------------------- files
@@ -234,16 +229,17 @@ def _read_many(files: list[Path], spec: str, text_field: str, column: str | None
 def _read_file(path: Path, text_field: str, column: str | None, *, explicit: bool) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return _read_parquet(path, column or text_field)
-    text = _read_text(path)
-    if suffix == ".jsonl":
-        docs = _read_jsonl(path, text, text_field)
-    elif suffix == ".json":
-        docs = _read_json(path, text, text_field)
-    elif suffix in (".csv", ".tsv"):
-        docs = _read_csv(path, text, column or text_field, "\t" if suffix == ".tsv" else ",")
+        docs = _read_parquet(path, column or text_field)
     else:
-        docs = [text]
+        text = _read_text(path)
+        if suffix == ".jsonl":
+            docs = _read_jsonl(path, text, text_field)
+        elif suffix == ".json":
+            docs = _read_json(path, text, text_field)
+        elif suffix in (".csv", ".tsv"):
+            docs = _read_csv(path, text, column or text_field, "\t" if suffix == ".tsv" else ",")
+        else:
+            docs = [text]
     docs = [d for d in docs if d.strip()]
     if explicit and not docs:
         raise DataError(f"{path} is empty", "pass a file that contains text")

@@ -1,10 +1,11 @@
 """Perplexity and bits per byte of a causal LM over a long token stream.
 
-Sliding-window evaluation (the method of the Hugging Face perplexity guide): windows of
-`block_size` tokens start every `stride` tokens; each window scores only the tokens that
-the previous window did not, so every token after the first is scored exactly once, with
-at least `block_size - stride` and at most `block_size - 1` tokens of context.
-stride == block_size gives disjoint windows (fast, less context per token).
+Sliding-window evaluation (the method of the Hugging Face perplexity guide): a window feeds
+`block_size` tokens to the model and windows start every `stride` tokens; each window scores
+only the tokens the previous one did not, so every token after the first is scored exactly
+once, with at least `block_size - stride + 1` and at most `block_size` tokens of context.
+stride == block_size gives disjoint windows, which is how the validation loss is measured
+during training (fast, less context per token); smaller strides give lower, fairer numbers.
 """
 from __future__ import annotations
 
@@ -48,11 +49,11 @@ def evaluate_perplexity(model: nn.Module, tokens, *, block_size: int | None = No
 
     # (begin, end, first scored position): the window reads tokens[begin:end-1] and predicts
     # tokens[begin+1:end]; positions before `first` were already scored by an earlier window.
-    windows, prev_end, begin = [], 1, 0
-    while prev_end < n:
-        end = min(begin + block_size, n)
-        windows.append((begin, end, prev_end))
-        prev_end = end
+    windows, scored_to, begin = [], 1, 0
+    while scored_to < n:
+        end = min(begin + block_size + 1, n)
+        windows.append((begin, end, scored_to))
+        scored_to = end
         begin += stride
 
     device = next(model.parameters()).device

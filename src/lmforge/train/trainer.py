@@ -106,7 +106,11 @@ class Trainer:
             return mean_loss
         if self.cfg.grad_clip:
             self.scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            if not torch.isfinite(norm) and self.precision != "fp16":
+                # A finite loss with non-finite gradients would write inf/NaN into the weights.
+                opt.zero_grad(set_to_none=True)
+                return float("nan")
         set_lr(opt, self.cfg.lr * lr_multiplier(self.state.step, self.cfg))
         self.scaler.step(opt)
         self.scaler.update()
@@ -115,9 +119,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, *, resume: bool = False) -> dict:
-        cfg, st = self.cfg, self.state
         if resume:
             self._resume()
+        cfg, st = self.cfg, self.state
         metrics = _MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main, truncate_after=st.step)
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         if st.step == 0 and self.evaluate_fn is not None and st.initial_val_loss is None:
@@ -217,13 +221,11 @@ class Trainer:
         self.state.best_val_loss = math.inf if best is None else best
 
     def _stop_on_nan(self, loss: float) -> None:
+        # Checkpoints already on disk were written from finite losses; nothing is saved from here on.
         last = ckpt.latest_checkpoint(self.run_dir)
-        if self.dist.is_main and self.state.step > 0:
-            # The weights are still those of the last finite step: keep them as a checkpoint.
-            last = self.save()
-        where = f"; the last good checkpoint is {last}" if last else ""
+        where = f"; the last good checkpoint is {last}" if last else "; no checkpoint had been written yet"
         raise TrainingError(f"training loss became {loss} at step {self.state.step + 1}{where}",
-                            "lower --train.lr, set --train.grad_clip 1.0, or use --train.precision fp32, "
+                            "lower --train.lr, set --train.grad_clip 1.0 or use --train.precision fp32, "
                             "then --resume")
 
     def summary(self, tokens_per_step: int) -> dict:

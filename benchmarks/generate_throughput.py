@@ -1,0 +1,150 @@
+"""Decode throughput of lmforge `generate` vs Hugging Face `GPT2LMHeadModel.generate()`.
+
+Both run the same weights (copied key by key into an HF GPT-2 of the same shape),
+greedy, a fixed number of new tokens (HF is told not to stop early), from 32-token
+prompts, fp32, with the default attention implementation and KV cache of each side.
+
+    python benchmarks/generate_throughput.py [--n_layer 6 --n_embd 384 --n_head 6 --new_tokens 128
+                                              --batch_sizes 1 8 --device cpu]
+
+The last line printed is one JSON object (see ARCHITECTURE.md, "Benchmarks").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from lmforge.infer.generate import generate
+from lmforge.infer.sampling import SamplingParams
+from lmforge.models.gpt import GPT, GPTConfig
+
+
+def hf_gpt2_from_ours(model: GPT):
+    """An HF GPT2LMHeadModel with `model`'s weights (HF Conv1D stores weights as (in, out))."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                                    n_layer=c.n_layer, n_head=c.n_head, n_inner=c.intermediate_size,
+                                    activation_function="gelu_new", layer_norm_epsilon=c.norm_eps,
+                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                    bos_token_id=None, eos_token_id=None, pad_token_id=0))
+    ours = model.state_dict()
+    state = {"transformer.wte.weight": ours["wte.weight"], "transformer.wpe.weight": ours["wpe.weight"],
+             "transformer.ln_f.weight": ours["ln_f.weight"], "transformer.ln_f.bias": ours["ln_f.bias"],
+             "lm_head.weight": ours["lm_head.weight"]}
+    for i in range(c.n_layer):
+        o, h = f"blocks.{i}.", f"transformer.h.{i}."
+        for name in ("ln_1", "ln_2"):
+            state[h + name + ".weight"] = ours[o + name + ".weight"]
+            state[h + name + ".bias"] = ours[o + name + ".bias"]
+        for theirs, mine in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"),
+                             ("mlp.c_fc", "mlp.up"), ("mlp.c_proj", "mlp.down")):
+            state[h + theirs + ".weight"] = ours[o + mine + ".weight"].t().contiguous()
+            state[h + theirs + ".bias"] = ours[o + mine + ".bias"]
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(".attn.bias") and not k.endswith("masked_bias")]
+    if missing or unexpected:
+        raise RuntimeError(f"key map incomplete: missing {missing}, unexpected {unexpected}")
+    return hf.eval()
+
+
+def timed(fn, device: str, repeats: int) -> tuple[float, object]:
+    """Median wall time of `fn()` over `repeats` runs (after one warm-up run), and its last result."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        result = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n_layer", type=int, default=6)
+    ap.add_argument("--n_embd", type=int, default=384)
+    ap.add_argument("--n_head", type=int, default=6)
+    ap.add_argument("--vocab_size", type=int, default=8192)
+    ap.add_argument("--block_size", type=int, default=512)
+    ap.add_argument("--prompt_tokens", type=int, default=32)
+    ap.add_argument("--new_tokens", type=int, default=128)
+    ap.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda requested but CUDA is not available")
+
+    import transformers
+
+    torch.manual_seed(args.seed)
+    cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                    n_head=args.n_head, n_embd=args.n_embd)
+    ours = GPT(cfg).eval().to(args.device)
+    hf = hf_gpt2_from_ours(ours).to(args.device)
+    params = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
+    print(f"model: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, "
+          f"{args.n_layer} layers, {args.n_head} heads, n_embd {args.n_embd}, vocab {args.vocab_size}; "
+          f"device {args.device}, torch threads {torch.get_num_threads()}")
+
+    results: dict[int, dict] = {}
+    tokens_match = None
+    for bs in args.batch_sizes:
+        gen = torch.Generator().manual_seed(args.seed + bs)
+        prompt = torch.randint(0, args.vocab_size, (bs, args.prompt_tokens), generator=gen)
+        prompt_dev = prompt.to(args.device)
+        prompt_list = prompt.tolist()
+
+        def run_ours():
+            return generate(ours, prompt_list, params)
+
+        def run_hf():
+            with torch.inference_mode():
+                return hf.generate(prompt_dev, attention_mask=torch.ones_like(prompt_dev),
+                                   max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                   do_sample=False, pad_token_id=0)
+
+        t_ours, out_ours = timed(run_ours, args.device, args.repeats)
+        t_hf, out_hf = timed(run_hf, args.device, args.repeats)
+        n = bs * args.new_tokens
+        match = out_hf[:, args.prompt_tokens:].tolist() == out_ours
+        results[bs] = {"ours": n / t_ours, "baseline": n / t_hf, "match": match}
+        if bs == 1 or tokens_match is None:
+            tokens_match = match
+        print(f"batch {bs}: lmforge {n / t_ours:9.1f} tok/s | transformers {n / t_hf:9.1f} tok/s | "
+              f"ratio {t_hf / t_ours:5.2f} | greedy tokens identical: {match}")
+
+    first = results[1] if 1 in results else results[args.batch_sizes[0]]
+    out = {"benchmark": "generate_throughput", "device": args.device,
+           "ours": round(first["ours"], 2),
+           "baseline_name": f"transformers {transformers.__version__} GPT2LMHeadModel.generate",
+           "baseline": round(first["baseline"], 2), "unit": "tokens/s",
+           "ratio": round(first["ours"] / first["baseline"], 3)}
+    if 8 in results:
+        out.update(ratio_batch8=round(results[8]["ours"] / results[8]["baseline"], 3),
+                   ours_batch8=round(results[8]["ours"], 2), baseline_batch8=round(results[8]["baseline"], 2))
+    for bs, r in results.items():
+        if bs not in (1, 8):
+            out[f"ours_batch{bs}"] = round(r["ours"], 2)
+            out[f"baseline_batch{bs}"] = round(r["baseline"], 2)
+    out["tokens_match"] = bool(tokens_match)
+    out["config"] = {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd,
+                     "vocab_size": args.vocab_size, "block_size": args.block_size,
+                     "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                     "batch_sizes": args.batch_sizes, "dtype": "float32", "greedy": True,
+                     "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
