@@ -28,13 +28,14 @@ __all__ = ["DataConfig", "ModelSpec", "TrainConfig", "prepare", "pretrain", "loa
 
 # ---------------------------------------------------------------------- data
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
-            seed: int = 1337, text_field: str = "text", column: str | None = None, overwrite: bool = False,
-            progress: bool = True) -> dict:
+            seed: int = 1337, text_field: str = "text", column: str | None = None, clean: bool = True,
+            overwrite: bool = False, progress: bool = True) -> dict:
     """Clean `data`, train a tokenizer, write token shards to `out`; returns the dataset's meta."""
     from lmforge.data.shards import prepare_dataset
 
     return prepare_dataset(data, out, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
-                           seed=seed, text_field=text_field, column=column, overwrite=overwrite, progress=progress)
+                           seed=seed, text_field=text_field, column=column, clean=clean, overwrite=overwrite,
+                           progress=progress)
 
 
 def _is_prepared(path: str) -> bool:
@@ -70,7 +71,7 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
             if dist.is_main:
                 prepare(data.path, data_dir, tokenizer=data.tokenizer, vocab_size=data.vocab_size,
                         val_fraction=data.val_fraction, seed=train.seed, text_field=data.text_field,
-                        progress=train.progress)
+                        clean=data.clean, progress=train.progress)
             broadcast_object(None, dist)  # other ranks wait for the shards
         meta = load_dataset_meta(data_dir)
         cfg = _model_config(spec, meta)

@@ -45,6 +45,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--text_field", default="text", help="JSON field holding the text")
     p.add_argument("--column", type=str | None, default=None, help="CSV/TSV/Parquet column holding the text")
+    p.add_argument("--clean", type=bool, default=True, help="normalise Unicode/HTML/whitespace and drop duplicates")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", required=True)
     verbs.add_subcommand("prepare", p, help="prepare a dataset")
@@ -116,7 +117,7 @@ def run(argv: list[str]) -> int:
     if verb == "prepare":
         meta = api.prepare(args.data, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                            val_fraction=args.val_fraction, seed=args.seed, text_field=args.text_field,
-                           column=args.column, overwrite=args.overwrite)
+                           column=args.column, clean=args.clean, overwrite=args.overwrite)
         print(f"wrote {args.out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
               f"vocab {meta['vocab_size']:,} ({meta['tokenizer']})")
     elif verb == "pretrain":
@@ -126,17 +127,25 @@ def run(argv: list[str]) -> int:
             print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, "
                   f"val ppl {summary['val_ppl']:.2f} -> {args.out}")
     elif verb == "generate":
-        from lmforge.infer.generate import print_stream
+        from dataclasses import replace
 
-        sampling = _sampling_from(args)
+        from lmforge.infer.generate import stream_text
+
+        params = _params(_sampling_from(args))
         prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
         model, tokenizer = api.load(args.model)
         if args.no_stream:
-            for prompt, samples in zip(prompts, api.generate(model, prompts, tokenizer=tokenizer, **sampling)):
+            for prompt, samples in zip(prompts, api.generate(model, prompts, tokenizer=tokenizer, **params.__dict__)):
                 for text in samples:
                     print(prompt + text)
         else:
-            print_stream(model, tokenizer, prompts, _params(sampling))
+            # One sample at a time, each with its own seed, so every sample streams as it is produced.
+            for prompt in prompts:
+                for i in range(params.num_samples):
+                    seed = None if params.seed is None else params.seed + i
+                    sys.stdout.write(prompt)
+                    stream_text(model, tokenizer, prompt, replace(params, num_samples=1, seed=seed))
+                    sys.stdout.write("\n")
     elif verb == "chat":
         from lmforge.infer.chat import chat_loop
 
@@ -154,9 +163,8 @@ def run(argv: list[str]) -> int:
     elif verb == "eval":
         import json
 
-        result = api.evaluate_perplexity(args.eval.perplexity.model, args.eval.perplexity.data,
-                                         stride=args.eval.perplexity.stride,
-                                         batch_size=args.eval.perplexity.batch_size)
+        q = args.perplexity
+        result = api.evaluate_perplexity(q.model, q.data, stride=q.stride, batch_size=q.batch_size)
         print(json.dumps(result))
     return 0
 

@@ -31,6 +31,7 @@ class DataConfig:
     vocab_size: int = 8192
     val_fraction: float = 0.1
     text_field: str = "text"
+    clean: bool = True                   # Unicode/HTML/whitespace normalisation and exact dedup
 
     def __post_init__(self):
         _check(bool(self.path), "data.path is empty", "pass --data DIR_OR_FILE_OR_CORPUS")

@@ -36,8 +36,8 @@ FORMAT = "lmforge-tokens-v1"
 SPLITS = ("train", "val")
 # Below this many documents a per-document split is too coarse, so the text is cut by characters.
 MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT = 20
-_ENCODE_CHUNK_CHARS = 1 << 16
-_BATCH_CHARS = 1 << 20
+_ENCODE_CHUNK_CHARS = 1 << 14
+_BATCH_CHARS = 1 << 18
 _META_KEYS = ("format", "dtype", "vocab_size", "eos_id", "train_tokens", "val_tokens")
 
 
@@ -253,11 +253,12 @@ def _write_split(path: Path, pieces: Sequence[str], tok: Tokenizer, encode: _Enc
     from tqdm.auto import tqdm
 
     n_tokens = 0
-    n_batches = sum(1 for _ in _batches(pieces)) if progress else None
     eos = np.array([tok.eos_id], dtype=dtype)
     pieces_left = len(pieces)
-    with open(path, "wb") as f:
-        for batch in tqdm(_batches(pieces), total=n_batches, desc=desc, unit="batch", disable=not progress):
+    total_chars = sum(map(len, pieces))
+    with open(path, "wb") as f, tqdm(total=total_chars, desc=desc, unit="char", unit_scale=True,
+                                      disable=not progress) as bar:
+        for batch in _batches(pieces):
             for (_, ends_piece), ids in zip(batch, encode([text for text, _ in batch])):
                 arr = np.asarray(ids, dtype=dtype)
                 f.write(arr.tobytes())
@@ -267,6 +268,7 @@ def _write_split(path: Path, pieces: Sequence[str], tok: Tokenizer, encode: _Enc
                     if pieces_left:
                         f.write(eos.tobytes())
                         n_tokens += 1
+            bar.update(sum(len(text) for text, _ in batch))
         f.flush()
         os.fsync(f.fileno())
     return n_tokens

@@ -106,21 +106,21 @@ def read_documents(spec: str, *, text_field: str = "text", column: str | None = 
                 f"put text files there ({', '.join(SUPPORTED_SUFFIXES)})",
             )
         return _read_many(files, str(path), text_field, column)
-    if globlib.has_magic(spec):
-        files: list[Path] = []
+    if any(c in spec for c in "*?["):
+        matched: list[Path] = []
         for match in sorted(globlib.glob(os.path.expanduser(spec), recursive=True)):
             p = Path(match)
             if p.is_dir():
-                files.extend(_supported_files_under(p))
+                matched.extend(_supported_files_under(p))
             elif p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
-                files.append(p)
-        files = sorted(dict.fromkeys(files))
-        if not files:
+                matched.append(p)
+        matched = sorted(dict.fromkeys(matched))
+        if not matched:
             raise DataError(
                 f"no supported files match {spec!r}",
                 f"check the pattern; supported extensions are {', '.join(SUPPORTED_SUFFIXES)}",
             )
-        return _read_many(files, spec, text_field, column)
+        return _read_many(matched, spec, text_field, column)
     looks_like_path = spec.startswith((".", "/", "~")) or path.suffix.lower() in SUPPORTED_SUFFIXES
     if not looks_like_path and importlib.util.find_spec("datasets") is not None:
         return _read_hf_dataset(spec, column or text_field)

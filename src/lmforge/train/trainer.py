@@ -123,7 +123,6 @@ class Trainer:
             self._resume()
         cfg, st = self.cfg, self.state
         metrics = _MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main, truncate_after=st.step)
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         if st.step == 0 and self.evaluate_fn is not None and st.initial_val_loss is None:
             figures = self._evaluate()
             st.initial_val_loss = figures["val_loss"]
@@ -173,7 +172,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        return self.summary(tokens_per_step)
+        return self.summary()
 
     # ------------------------------------------------------------------ pieces
     def _evaluate(self) -> dict:
@@ -228,7 +227,7 @@ class Trainer:
                             "lower --train.lr, set --train.grad_clip 1.0 or use --train.precision fp32, "
                             "then --resume")
 
-    def summary(self, tokens_per_step: int) -> dict:
+    def summary(self) -> dict:
         st = self.state
         val = st.last_val
         return {
@@ -237,7 +236,8 @@ class Trainer:
             "train_loss": st.last_train_loss, "val_loss": val.get("val_loss"), "val_ppl": val.get("val_ppl"),
             "val_bpb": val.get("val_bpb"), "initial_val_loss": st.initial_val_loss,
             "best_val_loss": st.best_val_loss if math.isfinite(st.best_val_loss) else None,
-            "stop_reason": self.stop_reason, "tokens_per_step": tokens_per_step, "precision": self.precision,
+            "stop_reason": self.stop_reason, "tokens_per_step": st.tokens // st.step if st.step else None,
+            "precision": self.precision,
             "world_size": self.dist.world_size,
         }
 

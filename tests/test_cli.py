@@ -1,0 +1,131 @@
+"""The CLI end to end: a tiny prepare -> pretrain -> generate -> eval, and every bad input a user
+is likely to make: one `error:` line, exit status 2, no traceback, no half-written run directory."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
+        "To be, or not to be, that is the question.\n") * 80
+
+
+def lmforge(*args, cwd=None, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, "-m", "lmforge.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
+    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "corpus.txt").write_text(TEXT)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(corpus):
+    r = lmforge("prepare", "--data", corpus / "corpus.txt", "--tokenizer", "char", "--out", corpus / "data")
+    assert r.returncode == 0, r.stderr
+    r = lmforge("pretrain", "--data", corpus / "data", "--model", "debug", "--model.block-size", "64",
+                "--train.max-steps", "30", "--train.batch_size", "8", "--train.eval_interval", "15",
+                "--train.progress", "false", "--out", corpus / "run")
+    assert r.returncode == 0, r.stderr
+    return corpus / "run"
+
+
+def test_run_directory_is_complete(trained):
+    for name in ("config.yaml", "tokenizer.json", "model.safetensors", "config.json", "metrics.jsonl",
+                 "summary.json", "plots/loss.png", "state/state.json", "state/optimizer.safetensors"):
+        assert (trained / name).is_file(), name
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["val_loss"] < summary["initial_val_loss"]
+    records = [json.loads(l) for l in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0 and "val_loss" in records[0]
+
+
+def test_generate_and_eval(trained, corpus):
+    r = lmforge("generate", "--model", trained, "--prompt", "The quick", "--max-new-tokens", "20",
+                "--temperature", "0", "--no_stream")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The quick")
+    r = lmforge("eval", "perplexity", "--model", trained, "--data", corpus / "corpus.txt")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["perplexity"] > 1 and result["bits_per_byte"] > 0
+
+
+def test_missing_data_path(tmp_path):
+    assert_user_error(lmforge("pretrain", "--data", tmp_path / "nope.txt", "--out", tmp_path / "run"), "nope.txt")
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    assert_user_error(lmforge("pretrain", "--data", tmp_path / "empty.txt", "--out", tmp_path / "run"), "empty")
+    assert not (tmp_path / "run").exists()
+
+
+def test_binary_file(tmp_path):
+    (tmp_path / "blob.txt").write_bytes(bytes(range(256)) * 10)
+    assert_user_error(lmforge("prepare", "--data", tmp_path / "blob.txt", "--out", tmp_path / "data"), "blob.txt")
+    assert not (tmp_path / "data").exists()
+
+
+def test_unknown_preset(corpus, tmp_path):
+    assert_user_error(lmforge("pretrain", "--data", corpus / "corpus.txt", "--model", "gpt2-125m",
+                              "--out", tmp_path / "run"), "gpt2-125m", "gpt2-124m")
+    assert not (tmp_path / "run").exists()
+
+
+def test_negative_learning_rate(corpus, tmp_path):
+    assert_user_error(lmforge("pretrain", "--data", corpus / "corpus.txt", "--train.lr", "-0.001",
+                              "--out", tmp_path / "run"), "train.lr")
+    assert not (tmp_path / "run").exists()
+
+
+def test_context_longer_than_model(trained, corpus, tmp_path):
+    assert_user_error(lmforge("pretrain", "--data", corpus / "data", "--model", "debug", "--train.seq_len", "4096",
+                              "--out", tmp_path / "run"), "train.seq_len", "context length")
+    assert not (tmp_path / "run").exists()
+    r = lmforge("generate", "--model", trained, "--prompt", "x" * 500, "--max_new_tokens", "5")
+    assert_user_error(r, "context")
+
+
+def test_corrupt_checkpoint(trained, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 3])
+    assert_user_error(lmforge("generate", "--model", broken, "--prompt", "The"), "model.safetensors")
+
+
+def test_bad_option_value_and_unknown_option(tmp_path):
+    assert_user_error(lmforge("pretrain", "--data", "python-docs", "--train.lr", "fast", "--out", tmp_path / "r"),
+                      "train.lr")
+    assert_user_error(lmforge("pretrain", "--data", "python-docs", "--train.learning_rate", "1",
+                              "--out", tmp_path / "r"), "learning_rate")
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_directory_needs_resume(trained):
+    assert_user_error(lmforge("pretrain", "--data", "python-docs", "--out", trained), "--resume")
+
+
+def test_resume_without_checkpoints(tmp_path):
+    assert_user_error(lmforge("pretrain", "--data", "python-docs", "--out", tmp_path / "none", "--resume"),
+                      "nothing to resume")
