@@ -6,7 +6,7 @@ each validates itself where it is built and names the offending field in a one-l
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import yaml
 

@@ -1,5 +1,4 @@
 """The training loop against independent references: one large batch, an uninterrupted run."""
-import copy
 import math
 
 import numpy as np

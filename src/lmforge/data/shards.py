@@ -23,10 +23,11 @@ import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from lmforge.atomic import write_bytes_atomic, write_json_atomic
 from lmforge.data.clean import clean_documents
 from lmforge.data.sources import read_documents
 from lmforge.data.tokenizers import Tokenizer, check_tokenizer_args, train_tokenizer
@@ -49,25 +50,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_tokens(path: str | os.PathLike, ids: np.ndarray) -> Path:
     """Write ``ids`` (kept in their dtype) as a flat binary file, atomically."""
     ids = np.ascontiguousarray(ids)
-    return _atomic_write(path, lambda f: f.write(memoryview(ids).cast("B")))
+    return write_bytes_atomic(path, memoryview(ids).cast("B"))
 
 
 def open_tokens(path: str | os.PathLike, dtype: str | np.dtype) -> np.ndarray:
@@ -85,12 +71,6 @@ def open_tokens(path: str | os.PathLike, dtype: str | np.dtype) -> np.ndarray:
     if size == 0:
         return np.zeros(0, dtype=dtype)  # mmap cannot map an empty file
     return np.memmap(path, dtype=dtype, mode="r")
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented UTF-8 JSON, atomically."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-    return _atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def load_dataset_meta(dir: str | os.PathLike) -> dict:
