@@ -111,9 +111,9 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    has_checkpoints = (run_dir / "checkpoints").is_dir()
-    if resume and not has_checkpoints:
-        raise CheckpointError(f"nothing to resume in {run_dir} (no checkpoints/)",
+    # A run killed before its first checkpoint has a directory but no checkpoints: resuming it starts over.
+    if resume and not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"nothing to resume in {run_dir} (no run directory there)",
                               "drop --resume to start a new run, or pass the run directory you trained into")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run directory {run_dir} already exists and is not empty",
