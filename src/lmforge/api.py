@@ -162,7 +162,9 @@ def load(run_dir: str | Path, *, device: str = "cpu"):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist", "pass the --out directory of a training run")
-    model = load_model(run_dir, device=device).eval()
+    from lmforge.infer.generate import prepare_for_inference
+
+    model = prepare_for_inference(load_model(run_dir, device=device))
     tokenizer = Tokenizer.load(run_dir)
     return model, tokenizer
 

@@ -249,3 +249,24 @@ def test_sampling_follows_the_distribution():
     # top-k 2 renormalises over the two most likely tokens.
     freq = torch.bincount(sample_next(logits, temperature=1.0, top_k=2, generator=g), minlength=4) / 20000
     assert torch.allclose(freq, torch.tensor([0.0, 0.0, 3 / 7, 4 / 7]), atol=0.02)
+
+
+@pytest.mark.parametrize("preset", ["debug", "llama-debug"])
+def test_prepare_for_inference_changes_nothing_observable(tmp_path, preset):
+    from lmforge.infer.generate import prepare_for_inference
+    from lmforge.models.registry import load_model, save_model
+
+    model = _model(preset)
+    ids = torch.randint(0, model.config.vocab_size, (2, 10))
+    with torch.no_grad():
+        before = model(ids)
+    expected = generate(model, PROMPTS, SamplingParams(temperature=0, max_new_tokens=8))
+    assert prepare_for_inference(prepare_for_inference(model)) is model  # idempotent
+    assert model.blocks[0].attn.qkv.weight.stride() == (1, model.blocks[0].attn.qkv.weight.shape[0])
+    assert (model.lm_head.weight is model.wte.weight) == model.config.tie_embeddings
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), before, atol=1e-5, rtol=0)
+    assert generate(model, PROMPTS, SamplingParams(temperature=0, max_new_tokens=8)) == expected
+    save_model(model, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path)(ids), before, atol=1e-5, rtol=0)

@@ -71,6 +71,26 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def prepare_for_inference(model: nn.Module) -> nn.Module:
+    """Put `model` in eval mode and store its CPU linear weights in the layout decoding reads fastest.
+
+    Decoding multiplies one row per sequence by every weight matrix, and CPU BLAS kernels do
+    that markedly faster when an (out, in) weight is stored column-major, i.e. as the
+    contiguous (in, out) matrix it is multiplied by (GPT-2's original Conv1D layout). Values and
+    shapes are unchanged, so saving, loading and generating behave exactly as before; only
+    strides change. Use it on models loaded for inference, not on one being trained with an
+    optimizer or a distributed wrapper, which expect the original strides. Returns `model`.
+    """
+    model.eval()
+    with torch.no_grad():
+        for module in model.modules():
+            w = getattr(module, "weight", None)
+            if isinstance(module, nn.Linear) and w is not None and w.device.type == "cpu" and w.is_contiguous() \
+                    and w.dim() == 2 and w.shape[0] > 1 and w.shape[1] > 1:
+                w.data = w.data.t().contiguous().t()
+    return model
+
+
 # ---------------------------------------------------------------- streaming to a terminal
 class TextStreamer:
     """A `stream` callback that writes one row's text to `output` as it is produced.
