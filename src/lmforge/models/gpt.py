@@ -203,3 +203,26 @@ def flops_per_token(cfg: GPTConfig, seq_len: int | None = None, *, training: boo
     # QK^T and AV each cost 2*T*C per token per layer (full context, as PaLM counts it).
     forward = 2 * matmul_params + 4 * L * T * C
     return float(3 * forward if training else forward)
+
+
+# ---------------------------------------------------------------- presets
+FAMILY, CONFIG, MODEL = "gpt", GPTConfig, GPT
+
+_LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
+
+PRESETS: dict[str, dict] = {
+    "debug": dict(vocab_size=512, block_size=128, n_layer=2, n_head=4, n_embd=64),
+    "gpt-mini": dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-355m": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-774m": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-1.5b": dict(n_layer=48, n_head=25, n_embd=1600),
+    "llama-debug": dict(vocab_size=512, block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
+                        intermediate_size=172, norm_eps=1e-5, **_LLAMA),
+    # Llama 3.2 1B shapes (GQA 32/8, tied embeddings, rope theta 500k).
+    "llama-1b": dict(vocab_size=128256, block_size=8192, n_layer=16, n_head=32, n_kv_head=8, n_embd=2048,
+                     intermediate_size=8192, rope_theta=500000.0, norm_eps=1e-5, **{**_LLAMA, "tie_embeddings": True}),
+    # Llama 2 7B shapes: 6.74B parameters.
+    "llama-7b": dict(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, n_embd=4096,
+                     intermediate_size=11008, norm_eps=1e-5, **_LLAMA),
+}

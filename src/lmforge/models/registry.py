@@ -13,29 +13,14 @@ import torch.nn as nn
 
 from lmforge.atomic import save_safetensors_atomic, write_json_atomic
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models import gpt
 
-FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT)}
+# Each family module defines its config class, model class and named presets.
+FAMILY_MODULES = (gpt,)
 
-_LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
-
-PRESETS: dict[str, tuple[str, dict]] = {
-    "debug": ("gpt", dict(vocab_size=512, block_size=128, n_layer=2, n_head=4, n_embd=64)),
-    "gpt-mini": ("gpt", dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256)),
-    "gpt2-124m": ("gpt", dict(n_layer=12, n_head=12, n_embd=768)),
-    "gpt2-355m": ("gpt", dict(n_layer=24, n_head=16, n_embd=1024)),
-    "gpt2-774m": ("gpt", dict(n_layer=36, n_head=20, n_embd=1280)),
-    "gpt2-1.5b": ("gpt", dict(n_layer=48, n_head=25, n_embd=1600)),
-    "llama-debug": ("gpt", dict(vocab_size=512, block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
-                                intermediate_size=172, norm_eps=1e-5, **_LLAMA)),
-    # Llama 3.2 1B shapes (GQA 32/8, tied embeddings, rope theta 500k).
-    "llama-1b": ("gpt", dict(vocab_size=128256, block_size=8192, n_layer=16, n_head=32, n_kv_head=8, n_embd=2048,
-                             intermediate_size=8192, rope_theta=500000.0, norm_eps=1e-5,
-                             **{**_LLAMA, "tie_embeddings": True})),
-    # Llama 2 7B shapes: 6.74B parameters.
-    "llama-7b": ("gpt", dict(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, n_embd=4096,
-                             intermediate_size=11008, norm_eps=1e-5, **_LLAMA)),
-}
+FAMILIES: dict[str, tuple[type, type]] = {m.FAMILY: (m.CONFIG, m.MODEL) for m in FAMILY_MODULES}
+PRESETS: dict[str, tuple[str, dict]] = {name: (m.FAMILY, values) for m in FAMILY_MODULES
+                                         for name, values in m.PRESETS.items()}
 
 
 def list_presets() -> list[str]:

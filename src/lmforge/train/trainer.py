@@ -13,17 +13,16 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from lmforge.atomic import write_json_atomic
 from lmforge.config import TrainConfig
 from lmforge.errors import TrainingError
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.distributed import DistInfo, all_reduce_sum, apply_ddp, unwrap
-from lmforge.train.objectives import causal_lm_loss
+from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
 from lmforge.train.precision import autocast, grad_scaler, resolve_precision
 
@@ -48,7 +47,7 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, loader, cfg: TrainConfig, run_dir: str | Path, *,
-                 dist: DistInfo | None = None, objective: Callable = causal_lm_loss,
+                 dist: DistInfo | None = None, objective: Objective | None = None,
                  evaluate: Callable[[nn.Module], dict] | None = None,
                  on_step: Callable[["Trainer"], None] | None = None):
         self.cfg = cfg
@@ -60,7 +59,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, device_type=self.device.type)
         self.scaler = grad_scaler(self.precision, self.device)
         self.loader = loader
-        self.objective = objective
+        self.objective = objective or CausalLM()
+        self.last_terms: dict[str, float] = {}
         self.evaluate_fn = evaluate
         self.on_step = on_step
         self.state = TrainerState()
@@ -77,30 +77,31 @@ class Trainer:
         return apply_ddp(model, self.dist)
 
     # ------------------------------------------------------------------ one optimizer step
-    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    def train_step(self, micro_batches: list) -> float:
         """Accumulate gradients over `micro_batches` so that the result equals one batch holding all of
-        them (losses are summed and divided by the global number of targets), then step.
+        them: each loss term is summed and divided by its number of units over the global batch.
 
-        Returns the mean loss per target over the global batch.
+        Returns the loss per unit over the global batch (summed over terms).
         """
         model, opt = self.wrapped, self.optimizer
-        targets = [y for _, y in micro_batches]
-        n_local = torch.tensor(float(sum(int((y != -100).sum()) for y in targets)), device=self.device)
-        n_global = all_reduce_sum(n_local.clone(), self.dist)
-        # DDP averages gradients over ranks; scale by world size so the result is a sum over all targets.
-        scale = self.dist.world_size / n_global.clamp(min=1.0)
-        total = torch.zeros((), device=self.device)
-        for i, (x, y) in enumerate(micro_batches):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            last = i == len(micro_batches) - 1
+        batches = [{k: v.to(self.device, non_blocking=True) for k, v in as_batch(b).items()} for b in micro_batches]
+        local = [self.objective.counts(b) for b in batches]
+        n_global = {t: all_reduce_sum(sum(c[t] for c in local).float().clone(), self.dist).clamp(min=1.0)
+                    for t in local[0]}
+        totals = {t: torch.zeros((), device=self.device) for t in n_global}
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
             sync = model.no_sync() if (self.dist.enabled and not last) else _null()
             with sync:
                 with autocast(self.precision, self.device):
-                    loss_sum, _ = self.objective(model, x, y)
-                self.scaler.scale(loss_sum * scale).backward()
-            total += loss_sum.detach()
-        total = all_reduce_sum(total, self.dist)
-        mean_loss = float(total / n_global.clamp(min=1.0))
+                    sums = self.objective(model, batch)
+                # DDP averages gradients over ranks; scaling by world size makes the result a global sum.
+                loss = sum(sums[t] * (self.dist.world_size / n_global[t]) for t in sums)
+                self.scaler.scale(loss).backward()
+            for t in sums:
+                totals[t] += sums[t].detach()
+        self.last_terms = {t: float(all_reduce_sum(totals[t], self.dist) / n_global[t]) for t in totals}
+        mean_loss = sum(self.last_terms.values())
         if not math.isfinite(mean_loss):
             opt.zero_grad(set_to_none=True)
             return mean_loss
@@ -136,7 +137,7 @@ class Trainer:
                 loss = self.train_step(batches)
                 if not math.isfinite(loss):
                     self._stop_on_nan(loss)
-                step_tokens = sum(int(x.numel()) for x, _ in batches) * self.dist.world_size
+                step_tokens = sum(int(as_batch(b)["input_ids"].numel()) for b in batches) * self.dist.world_size
                 st.step += 1
                 st.tokens += step_tokens
                 window_tokens += step_tokens
@@ -146,7 +147,8 @@ class Trainer:
                     now = time.perf_counter()
                     tps = window_tokens / max(now - window_start, 1e-9)
                     window_tokens, window_start = 0, now
-                    metrics.write({"step": st.step, "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                    terms = {f"train_{t}": v for t, v in self.last_terms.items()} if len(self.last_terms) > 1 else {}
+                    metrics.write({"step": st.step, "train_loss": loss, **terms, "lr": self.optimizer.param_groups[0]["lr"],
                                    "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds})
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
