@@ -44,14 +44,17 @@ def _is_prepared(path: str) -> bool:
 
 # ---------------------------------------------------------------------- training
 def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: str | Path,
-             train: TrainConfig | None = None, resume: bool = False, on_step=None) -> dict:
+             train: TrainConfig | None = None, objective: str | None = None, resume: bool = False,
+             on_step=None) -> dict:
     """Train a language model from scratch (or `resume` one) and write a complete run directory.
 
     `data` is a prepared dataset directory, or any source `prepare` accepts (then it is prepared
-    into `out/data` first). Works unchanged under `torchrun --nproc_per_node N`.
+    into `out/data` first). `objective` defaults to the model family's own (next-token prediction
+    for decoders). Works unchanged under `torchrun --nproc_per_node N`.
     """
-    from lmforge.data.loaders import LMWindowLoader
     from lmforge.data.shards import load_dataset_meta, open_tokens
+    from lmforge.data.tokenizers import Tokenizer
+    from lmforge.train.objectives import build_objective
     from lmforge.train.distributed import broadcast_object, init_distributed, shutdown_distributed
     from lmforge.train.trainer import Trainer, plot_losses
 
@@ -81,8 +84,10 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
                               f"lower --train.seq_len or raise --model.block_size to at least {seq_len}")
         train_tokens = open_tokens(data_dir / "train.bin", meta["dtype"])
         val_tokens = open_tokens(data_dir / "val.bin", meta["dtype"])
-        loader = LMWindowLoader(train_tokens, seq_len, train.batch_size, seed=train.seed, rank=dist.rank,
-                                world_size=dist.world_size)
+        tokenizer = Tokenizer.load(data_dir)
+        objective = build_objective(objective, cfg.to_dict()["family"])
+        loader = objective.make_loader(train_tokens, seq_len, train.batch_size, tokenizer=tokenizer, seed=train.seed,
+                                       rank=dist.rank, world_size=dist.world_size)
         if len(val_tokens) <= seq_len:
             raise DataError(f"validation split has {len(val_tokens)} tokens, fewer than one context of {seq_len}",
                             "use more data, a larger --data.val_fraction or a smaller --train.seq_len")
@@ -93,8 +98,9 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
             write_text_atomic(run_dir / "config.yaml", to_yaml({
                 "data": replace(data, path=str(data_dir)), "model": _resolved_spec(spec, cfg), "train": train}))
             shutil.copyfile(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
-        evaluate = _val_evaluator(val_tokens, seq_len, train.batch_size, train.eval_batches, meta)
-        trainer = Trainer(net, loader, train, run_dir, dist=dist, evaluate=evaluate, on_step=on_step)
+        evaluate = _val_evaluator(objective, val_tokens, seq_len, train.batch_size, train.eval_batches, meta, tokenizer)
+        trainer = Trainer(net, loader, train, run_dir, dist=dist, objective=objective, evaluate=evaluate,
+                          on_step=on_step)
         started = True
         summary = trainer.fit(resume=resume)
         if dist.is_main:
@@ -133,23 +139,25 @@ def _resolved_spec(spec: ModelSpec, cfg) -> dict:
     return {"preset": spec.preset, **{k: v for k, v in cfg.to_dict().items() if k != "family"}}
 
 
-def _val_evaluator(val_tokens: np.ndarray, seq_len: int, batch_size: int, max_batches: int, meta: dict):
-    """Validation loss on a fixed, evenly spread set of windows; perplexity and bits per byte from it."""
-    from lmforge.data.loaders import iter_eval_batches
-    from lmforge.train.objectives import causal_lm_loss
+def _val_evaluator(objective, val_tokens: np.ndarray, seq_len: int, batch_size: int, max_batches: int, meta: dict,
+                   tokenizer):
+    """Validation loss on a fixed, evenly spread set of batches; for next-token objectives also
+    perplexity and bits per byte."""
+    from lmforge.train.objectives import evaluate_objective
 
     bytes_per_token = meta["val_bytes"] / max(1, meta["val_tokens"])
 
     def evaluate(model) -> dict:
-        device = next(model.parameters()).device
-        total, count = 0.0, 0
-        for x, y in iter_eval_batches(val_tokens, seq_len, batch_size, max_batches=max_batches):
-            loss_sum, n = causal_lm_loss(model, x.to(device), y.to(device))
-            total += float(loss_sum)
-            count += int(n)
-        loss = total / max(1, count)
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
-                "val_bpb": loss / math.log(2) / bytes_per_token}
+        batches = objective.eval_batches(val_tokens, seq_len, batch_size, tokenizer=tokenizer,
+                                         max_batches=max_batches)
+        result = evaluate_objective(objective, model, batches)
+        loss = result.pop("loss")
+        figures = {"val_loss": loss}
+        if set(result) == {"lm"}:
+            figures.update(val_ppl=math.exp(min(loss, 700.0)), val_bpb=loss / math.log(2) / bytes_per_token)
+        elif len(result) > 1:
+            figures.update({f"val_{t}": v for t, v in result.items()})
+        return figures
 
     return evaluate
 

@@ -55,6 +55,8 @@ def build_parser() -> ArgumentParser:
     p.add_class_arguments(DataConfig, "data")
     p.add_class_arguments(ModelSpec, "model")
     p.add_class_arguments(TrainConfig, "train")
+    p.add_argument("--objective", type=str | None, default=None,
+                   help="training objective (default: the model family's own, e.g. clm for GPT)")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     verbs.add_subcommand("pretrain", p, help="pretrain a model")
@@ -122,7 +124,8 @@ def run(argv: list[str]) -> int:
               f"vocab {meta['vocab_size']:,} ({meta['tokenizer']})")
     elif verb == "pretrain":
         sections = parser.instantiate(ns)[verb]
-        summary = api.pretrain(sections.data, sections.model, out=args.out, train=sections.train, resume=args.resume)
+        summary = api.pretrain(sections.data, sections.model, out=args.out, train=sections.train,
+                               objective=args.objective, resume=args.resume)
         if summary.get("val_loss") is not None:
             print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, "
                   f"val ppl {summary['val_ppl']:.2f} -> {args.out}")

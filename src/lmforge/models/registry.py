@@ -68,11 +68,19 @@ def save_model(model: nn.Module, directory: str | Path) -> None:
 
 
 def weights_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict without the tied lm_head (safetensors stores each tensor once)."""
-    state = model.state_dict()
-    if getattr(model.config, "tie_embeddings", False):
-        state.pop("lm_head.weight", None)
+    """State dict with each tied tensor stored once (safetensors refuses shared storage)."""
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():
+        if value.data_ptr() in seen and value.numel():
+            continue
+        seen.add(value.data_ptr())
+        state[key] = value
     return state
+
+
+def tied_keys(model: nn.Module) -> set[str]:
+    """Keys that `weights_for_saving` leaves out because they share a tensor with an earlier key."""
+    return set(model.state_dict()) - set(weights_for_saving(model))
 
 
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
@@ -103,8 +111,7 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
     """Strict load that names the missing/unexpected/mis-shaped keys in a one-line error."""
     expected = model.state_dict()
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_embeddings", False) else set()
-    missing = sorted(set(expected) - set(state) - tied)
+    missing = sorted(set(expected) - set(state) - tied_keys(model))
     unexpected = sorted(set(state) - set(expected))
     shapes = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
     if missing or unexpected or shapes:
