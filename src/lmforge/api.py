@@ -23,19 +23,21 @@ from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.models.registry import build_model, load_model, preset_config
 
 __all__ = ["DataConfig", "ModelSpec", "TrainConfig", "prepare", "pretrain", "load", "generate",
-           "evaluate_perplexity", "demo"]
+           "evaluate_perplexity", "compare", "demo"]
 
 
 # ---------------------------------------------------------------------- data
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
             seed: int = 1337, text_field: str = "text", column: str | None = None, clean: bool = True,
-            overwrite: bool = False, progress: bool = True) -> dict:
-    """Clean `data`, train a tokenizer, write token shards to `out`; returns the dataset's meta."""
+            overwrite: bool = False, progress: bool = True, extra_ids: int = 0) -> dict:
+    """Clean `data`, train a tokenizer, write token shards to `out`; returns the dataset's meta.
+
+    `extra_ids` adds that many T5 sentinel tokens to the tokenizer (span-corruption pretraining)."""
     from lmforge.data.shards import prepare_dataset
 
     return prepare_dataset(data, out, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
                            seed=seed, text_field=text_field, column=column, clean=clean, overwrite=overwrite,
-                           progress=progress)
+                           progress=progress, extra_ids=extra_ids)
 
 
 def _is_prepared(path: str) -> bool:
@@ -62,7 +64,8 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
     spec = ModelSpec(preset=model) if isinstance(model, str) else model
     train = train or TrainConfig()
     run_dir = Path(out)
-    preset_config(spec.preset)  # unknown presets fail before anything is written
+    family = preset_config(spec.preset).to_dict()["family"]  # unknown presets fail before anything is written
+    objective = build_objective(objective, family)  # and so do objectives that do not fit the model
     dist = init_distributed(train.device)
     _check_run_dir(run_dir, resume)
     created = not run_dir.exists()
@@ -72,9 +75,10 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
         data_dir = Path(data.path) if _is_prepared(data.path) else run_dir / "data"
         if not _is_prepared(str(data_dir)):
             if dist.is_main:
-                prepare(data.path, data_dir, tokenizer=data.tokenizer, vocab_size=data.vocab_size,
+                prepare(data.path, data_dir, tokenizer=data.tokenizer or objective.default_tokenizer,
+                        vocab_size=data.vocab_size,
                         val_fraction=data.val_fraction, seed=train.seed, text_field=data.text_field,
-                        clean=data.clean, progress=train.progress)
+                        clean=data.clean, progress=train.progress, extra_ids=objective.extra_ids)
             broadcast_object(None, dist)  # other ranks wait for the shards
         meta = load_dataset_meta(data_dir)
         cfg = _model_config(spec, meta)
@@ -85,7 +89,6 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
         train_tokens = open_tokens(data_dir / "train.bin", meta["dtype"])
         val_tokens = open_tokens(data_dir / "val.bin", meta["dtype"])
         tokenizer = Tokenizer.load(data_dir)
-        objective = build_objective(objective, cfg.to_dict()["family"])
         loader = objective.make_loader(train_tokens, seq_len, train.batch_size, tokenizer=tokenizer, seed=train.seed,
                                        rank=dist.rank, world_size=dist.world_size)
         if len(val_tokens) <= seq_len:
@@ -93,16 +96,24 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
                             "use more data, a larger --data.val_fraction or a smaller --train.seq_len")
         torch.manual_seed(train.seed)
         net = build_model(cfg)
+        objective.prepare_model(net)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / "config.yaml", to_yaml({
-                "data": replace(data, path=str(data_dir)), "model": _resolved_spec(spec, cfg), "train": train}))
+                "data": replace(data, path=str(data_dir), tokenizer=meta.get("tokenizer", data.tokenizer)),
+                "model": _resolved_spec(spec, cfg), "train": train}))
             shutil.copyfile(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
         evaluate = _val_evaluator(objective, val_tokens, seq_len, train.batch_size, train.eval_batches, meta, tokenizer)
-        trainer = Trainer(net, loader, train, run_dir, dist=dist, objective=objective, evaluate=evaluate,
-                          on_step=on_step)
-        started = True
-        summary = trainer.fit(resume=resume)
+        if family == "ngram":  # count-based: fitted in one pass over the training tokens, not by the trainer
+            from lmforge.train.ngram_fit import fit_ngram
+
+            started = True
+            summary = fit_ngram(net, train_tokens, run_dir, evaluate=evaluate, save=dist.is_main)
+        else:
+            trainer = Trainer(net, loader, train, run_dir, dist=dist, objective=objective, evaluate=evaluate,
+                              on_step=on_step)
+            started = True
+            summary = trainer.fit(resume=resume)
         if dist.is_main:
             summary.update(parameters=sum(p.numel() for p in net.parameters()), model=spec.preset, data=str(data_dir))
             write_json_atomic(run_dir / "summary.json", summary)
@@ -132,7 +143,11 @@ def _model_config(spec: ModelSpec, meta: dict):
     if vocab < meta["vocab_size"]:
         raise ConfigError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's ({meta['vocab_size']})",
                           "drop --model.vocab_size to use the tokenizer's size")
-    return preset_config(spec.preset, vocab_size=vocab, **overrides)
+    cfg = preset_config(spec.preset, vocab_size=vocab, **overrides)
+    # Ids the model and the data must agree on (padding, T5's decoder start) come from the tokenizer.
+    ids = {name: meta["pad_id"] for name in ("pad_token_id", "decoder_start_token_id")
+           if hasattr(cfg, name) and meta.get("pad_id") is not None}
+    return replace(cfg, **ids) if ids else cfg
 
 
 def _resolved_spec(spec: ModelSpec, cfg) -> dict:
@@ -154,7 +169,9 @@ def _val_evaluator(objective, val_tokens: np.ndarray, seq_len: int, batch_size: 
         loss = result.pop("loss")
         figures = {"val_loss": loss}
         if set(result) == {"lm"}:
-            figures.update(val_ppl=math.exp(min(loss, 700.0)), val_bpb=loss / math.log(2) / bytes_per_token)
+            figures.update(val_ppl=math.exp(min(loss, 700.0)))
+            if objective.name == "clm":  # bits per byte of text only when every token of the text is predicted
+                figures.update(val_bpb=loss / math.log(2) / bytes_per_token)
         elif len(result) > 1:
             figures.update({f"val_{t}": v for t, v in result.items()})
         return figures
@@ -195,6 +212,20 @@ def evaluate_perplexity(run_dir: str | Path, data: str, **kwargs) -> dict:
     from lmforge.eval.perplexity import perplexity_of_run
 
     return perplexity_of_run(run_dir, data, **kwargs)
+
+
+# ---------------------------------------------------------------------- comparing model families
+def compare(data: str, budget_seconds: float, out: str | Path, *, models=None, tokenizer: str = "char",
+            **kwargs) -> dict:
+    """Train each of `models` (preset names, a list or "a,b,c"; default n-gram, RNN, LSTM, GRU and a small GPT)
+    for `budget_seconds` of wall-clock time on `data` and compare validation bits per character.
+
+    Writes `out/data`, one run directory per model, and `out/compare.md|json|png`; returns the JSON.
+    Keyword arguments go to `lmforge.eval.compare.compare` (vocab_size, clean, device, overwrite...).
+    """
+    from lmforge.eval.compare import DEFAULT_MODELS, compare as compare_models
+
+    return compare_models(data, budget_seconds, out, models=models or DEFAULT_MODELS, tokenizer=tokenizer, **kwargs)
 
 
 # ---------------------------------------------------------------------- the demo

@@ -46,6 +46,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--text_field", default="text", help="JSON field holding the text")
     p.add_argument("--column", type=str | None, default=None, help="CSV/TSV/Parquet column holding the text")
     p.add_argument("--clean", type=bool, default=True, help="normalise Unicode/HTML/whitespace and drop duplicates")
+    p.add_argument("--extra_ids", type=int, default=0,
+                   help="sentinel tokens <extra_id_N> to add (100 for T5 span-corruption pretraining)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", required=True)
     verbs.add_subcommand("prepare", p, help="prepare a dataset")
@@ -56,7 +58,8 @@ def build_parser() -> ArgumentParser:
     p.add_class_arguments(ModelSpec, "model")
     p.add_class_arguments(TrainConfig, "train")
     p.add_argument("--objective", type=str | None, default=None,
-                   help="training objective (default: the model family's own, e.g. clm for GPT)")
+                   help="training objective (default: the model family's own: clm for GPT, mlm for BERT; "
+                        "BERT also takes mlm+nsp and mlm+sop)")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     verbs.add_subcommand("pretrain", p, help="pretrain a model")
@@ -78,6 +81,21 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--max_seconds", type=float, default=150.0, help="training time budget")
     verbs.add_subcommand("demo", p, help="prepare -> pretrain -> perplexity -> samples")
+
+    p = _parser("Train several models for the same wall-clock time on one dataset; compare validation bits per "
+                "character (writes OUT/compare.md, .json, .png).")
+    p.add_argument("--data", required=True, help="file, folder, built-in corpus, or prepared dataset directory")
+    p.add_argument("--budget_seconds", type=float, required=True, help="training time per model")
+    p.add_argument("--out", required=True)
+    from lmforge.eval.compare import DEFAULT_MODELS
+
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model presets")
+    p.add_argument("--tokenizer", default="char", choices=["bpe", "wordpiece", "unigram", "char"])
+    p.add_argument("--vocab_size", type=int, default=8192, help="for bpe/wordpiece/unigram tokenizers")
+    p.add_argument("--clean", type=bool, default=False, help="normalise the text first (default: keep it as is)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier runs in --out")
+    verbs.add_subcommand("compare", p, help="compare model families at equal training time")
 
     p = _parser("List the model presets.")
     verbs.add_subcommand("presets", p, help="list model presets")
@@ -119,7 +137,8 @@ def run(argv: list[str]) -> int:
     if verb == "prepare":
         meta = api.prepare(args.data, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                            val_fraction=args.val_fraction, seed=args.seed, text_field=args.text_field,
-                           column=args.column, clean=args.clean, overwrite=args.overwrite)
+                           column=args.column, clean=args.clean, overwrite=args.overwrite,
+                           extra_ids=args.extra_ids)
         print(f"wrote {args.out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
               f"vocab {meta['vocab_size']:,} ({meta['tokenizer']})")
     elif verb == "pretrain":
@@ -127,8 +146,8 @@ def run(argv: list[str]) -> int:
         summary = api.pretrain(sections.data, sections.model, out=args.out, train=sections.train,
                                objective=args.objective, resume=args.resume)
         if summary.get("val_loss") is not None:
-            print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, "
-                  f"val ppl {summary['val_ppl']:.2f} -> {args.out}")
+            ppl = f", val ppl {summary['val_ppl']:.2f}" if summary.get("val_ppl") is not None else ""
+            print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}{ppl} -> {args.out}")
     elif verb == "generate":
         from dataclasses import replace
 
@@ -156,6 +175,12 @@ def run(argv: list[str]) -> int:
         chat_loop(model, tokenizer, _params(_sampling_from(args)), system=args.system)
     elif verb == "demo":
         api.demo(args.out, max_seconds=args.max_seconds)
+    elif verb == "compare":
+        from pathlib import Path
+
+        api.compare(args.data, args.budget_seconds, args.out, models=args.models, tokenizer=args.tokenizer,
+                    vocab_size=args.vocab_size, clean=args.clean, device=args.device, overwrite=args.overwrite)
+        print((Path(args.out) / "compare.md").read_text())
     elif verb == "presets":
         from lmforge.models.gpt import count_parameters
         from lmforge.models.registry import PRESETS, build_model

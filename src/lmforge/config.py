@@ -27,7 +27,8 @@ class DataConfig:
     """Where training tokens come from."""
 
     path: str = "python-docs"            # a prepared dataset dir, or a source/corpus to prepare into RUN/data
-    tokenizer: str = "bpe"               # used only when `path` still has to be prepared
+    tokenizer: str | None = None         # used only when `path` still has to be prepared; None: what the
+                                         # objective needs (bpe for GPT, wordpiece for BERT)
     vocab_size: int = 8192
     val_fraction: float = 0.1
     text_field: str = "text"
@@ -57,6 +58,9 @@ class ModelSpec:
     bias: bool | None = None
     tie_embeddings: bool | None = None
     dropout: float | None = None
+    hidden_size: int | None = None       # recurrent models: state size
+    cell: str | None = None              # recurrent models: rnn, lstm or gru
+    order: int | None = None             # n-gram models: tokens per n-gram
 
     def overrides(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "preset" and v is not None}

@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import free_port
+
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
         "must be in want of a wife. 天下大势，分久必合，合久必分。\n") * 60
 
@@ -42,7 +44,7 @@ def test_two_process_ddp_equals_one_process_with_same_global_batch(prepared):
     one = subprocess.run([sys.executable, "-m", "lmforge.cli", *pretrain_cmd(prepared, prepared / "one", 4)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "lmforge.cli",
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "lmforge.cli",
                           *pretrain_cmd(prepared, prepared / "two", 2)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]

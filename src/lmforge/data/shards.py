@@ -279,6 +279,7 @@ def prepare_dataset(
     num_workers: int | None = None,
     progress: bool = True,
     clean: bool = True,
+    extra_ids: int = 0,
 ) -> dict:
     """Turn raw text into a tokenized dataset folder ``out``; returns its metadata.
 
@@ -287,7 +288,8 @@ def prepare_dataset(
     train/validation (:func:`split_documents`), trains a ``tokenizer`` of
     ``vocab_size`` on the training split only - or loads ``tokenizer_path`` - and
     writes ``train.bin``, ``val.bin``, ``tokenizer.json`` and ``meta.json``.
-    ``num_workers`` sets the encoding threads (default: all cores).
+    ``num_workers`` sets the encoding threads (default: all cores). ``extra_ids`` gives a trained
+    tokenizer that many T5 sentinel tokens (see :func:`~lmforge.data.tokenizers.train_tokenizer`).
     """
     out = Path(out).expanduser()
     if not 0 < val_fraction <= 0.5:
@@ -296,7 +298,7 @@ def prepare_dataset(
         raise ConfigError(f"num_workers must be a positive integer, got {num_workers!r}", "pass e.g. 4, or leave it unset to use all cores")
     loaded = Tokenizer.load(tokenizer_path) if tokenizer_path else None
     if loaded is None:
-        check_tokenizer_args(tokenizer, vocab_size)
+        check_tokenizer_args(tokenizer, vocab_size, extra_ids=extra_ids)
     _check_out(out, overwrite)
 
     docs = read_documents(data, text_field=text_field, column=column)
@@ -311,7 +313,7 @@ def prepare_dataset(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        tok = loaded or train_tokenizer(tokenizer, train_pieces, vocab_size)
+        tok = loaded or train_tokenizer(tokenizer, train_pieces, vocab_size, extra_ids=extra_ids)
         dtype = token_dtype(tok.vocab_size)
         counts = {}
         with _Encoder(tok, num_workers) as encode:

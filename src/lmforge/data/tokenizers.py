@@ -133,21 +133,25 @@ class Tokenizer:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
 
 
-def check_tokenizer_args(kind: str, vocab_size: int, special_tokens: Sequence[str] | None = None) -> tuple[str, ...]:
+def check_tokenizer_args(kind: str, vocab_size: int, special_tokens: Sequence[str] | None = None,
+                         extra_ids: int = 0) -> tuple[str, ...]:
     """Validate a tokenizer request and return the full special-token list for ``kind``.
 
-    Raises ``ConfigError`` for an unknown kind or an impossible vocabulary size.
+    Raises ``ConfigError`` for an unknown kind, a negative ``extra_ids`` or an impossible vocabulary size.
     """
     if kind not in TOKENIZER_KINDS:
         raise ConfigError(f"unknown tokenizer {kind!r}", "choose one of: " + ", ".join(TOKENIZER_KINDS))
+    if isinstance(extra_ids, bool) or not isinstance(extra_ids, int) or extra_ids < 0:
+        raise ConfigError(f"extra_ids must be a non-negative integer, got {extra_ids!r}",
+                          "pass e.g. --extra_ids 100 (T5's sentinel count), or 0 for none")
     specials = tuple(dict.fromkeys((*_REQUIRED_SPECIALS[kind], *(special_tokens or ()))))
     if kind == "char":
         return specials  # the vocabulary is the set of characters seen, whatever vocab_size says
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise ConfigError(f"vocab_size must be an integer, got {vocab_size!r}", "pass e.g. --vocab_size 8192")
-    minimum = len(specials) + 1 + (_BYTE_ALPHABET if kind == "bpe" else 0)
+    minimum = len(specials) + extra_ids + 1 + (_BYTE_ALPHABET if kind == "bpe" else 0)
     if not minimum <= vocab_size <= MAX_VOCAB_SIZE:
-        why = f"{len(specials)} special tokens" + (" and 256 byte tokens" if kind == "bpe" else "")
+        why = f"{len(specials) + extra_ids} special tokens" + (" and 256 byte tokens" if kind == "bpe" else "")
         raise ConfigError(
             f"vocab_size {vocab_size} is out of range for the {kind} tokenizer",
             f"use a value between {minimum} (room for {why} plus one) and {MAX_VOCAB_SIZE}",
@@ -161,6 +165,7 @@ def train_tokenizer(
     vocab_size: int,
     *,
     special_tokens: Sequence[str] | None = None,
+    extra_ids: int = 0,
 ) -> Tokenizer:
     """Train a tokenizer of ``kind`` ("bpe", "wordpiece", "unigram" or "char") on ``texts``.
 
@@ -169,11 +174,16 @@ def train_tokenizer(
     ``[PAD] [UNK] [CLS] [SEP] [MASK]`` for wordpiece). Special tokens take the
     first ids. For ``char`` the vocabulary is every distinct character of ``texts``
     plus the special tokens, and ``vocab_size`` is ignored.
+
+    ``extra_ids`` adds that many sentinel tokens ``<extra_id_0>``, ``<extra_id_1>``, ... (T5's span
+    corruption) as special tokens at the top of the vocabulary, ``<extra_id_0>`` last as in T5;
+    ``vocab_size`` includes them.
     """
-    specials = check_tokenizer_args(kind, vocab_size, special_tokens)
+    specials = check_tokenizer_args(kind, vocab_size, special_tokens, extra_ids)
+    vocab_size -= extra_ids
     texts = list(texts) if not isinstance(texts, (list, tuple)) else texts
     if kind == "char":
-        return _train_char(texts, specials)
+        return _add_sentinels(_train_char(texts, specials), extra_ids)
     if kind == "bpe":
         tok = hf.Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -210,7 +220,18 @@ def train_tokenizer(
             pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
         )
-    return Tokenizer(tok, kind)
+    return _add_sentinels(Tokenizer(tok, kind), extra_ids)
+
+
+def sentinel_token(i: int) -> str:
+    """The name of T5's i-th span-corruption sentinel."""
+    return f"<extra_id_{i}>"
+
+
+def _add_sentinels(tok: Tokenizer, n: int) -> Tokenizer:
+    if n:
+        tok.hf.add_special_tokens([sentinel_token(i) for i in reversed(range(n))])
+    return tok
 
 
 def _train_char(texts: Sequence[str], specials: Sequence[str]) -> Tokenizer:

@@ -28,6 +28,9 @@ def evaluate_perplexity(model: nn.Module, tokens, *, block_size: int | None = No
     Returns {"loss": mean nats per scored token, "perplexity": exp(loss),
     "bits_per_byte": total nats / ln 2 / num_bytes (None without num_bytes), "tokens": tokens scored}.
     """
+    if hasattr(model, "encode") and hasattr(model, "decode"):
+        raise ConfigError(f"{model.family} models do not predict the next token of a text, so have no perplexity",
+                          "compare them by their objective's validation loss (val_loss in summary.json)")
     n = int(tokens.shape[0]) if hasattr(tokens, "shape") else len(tokens)
     if hasattr(tokens, "dim") and tokens.dim() != 1 or hasattr(tokens, "ndim") and tokens.ndim != 1:
         raise DataError("tokens must be a 1-D sequence of token ids", "flatten the token array before evaluating")

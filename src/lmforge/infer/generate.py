@@ -169,6 +169,9 @@ def generate_completions(model: nn.Module, prompt_ids: Sequence[Sequence[int]], 
                          eos_id: int | None = None, tokenizer=None, stream: StreamFn | None = None,
                          use_cache: bool = True) -> list[Completion]:
     """Like `generate`, but each row also carries its text and finish reason."""
+    if hasattr(model, "encode") and hasattr(model, "decode"):
+        raise ConfigError(f"{model.family} models turn a source into a target instead of continuing a prompt",
+                          "decode them with lmforge.infer.seq2seq.generate_seq2seq")
     if isinstance(prompt_ids, torch.Tensor):
         prompt_ids = prompt_ids.tolist()
     prompts = [list(map(int, p)) for p in prompt_ids]

@@ -64,6 +64,49 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+def relative_position_bucket(relative_position: torch.Tensor, *, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> torch.Tensor:
+    """T5's bucket of each `key_position - query_position` (Raffel et al. 2020, as in Mesh TensorFlow).
+
+    Half the buckets hold the distances 0, 1, 2, ... exactly; the other half cover larger distances on a
+    log scale up to `max_distance`, beyond which all distances share the last bucket. Bidirectional
+    attention spends half the buckets on keys after the query; causal attention maps those to bucket 0.
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    # Clamped below at max_exact so the log is finite; those small distances take the exact branch anyway.
+    log_ratio = torch.log(distance.clamp(min=max_exact).float() / max_exact) / math.log(max_distance / max_exact)
+    large = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned scalar per head and relative-position bucket, added to the attention scores (T5).
+
+    One instance serves every layer of a stack: the encoder's is bidirectional, the decoder's causal.
+    """
+
+    def __init__(self, n_head: int, *, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128):
+        super().__init__()
+        self.bidirectional, self.num_buckets, self.max_distance = bidirectional, num_buckets, max_distance
+        self.table = nn.Embedding(num_buckets, n_head)
+
+    def forward(self, T: int, S: int, *, past: int = 0) -> torch.Tensor:
+        """Bias (1, nh, T, S) for queries at positions past..past+T-1 over keys at 0..S-1."""
+        device = self.table.weight.device
+        query = torch.arange(past, past + T, device=device)[:, None]
+        key = torch.arange(S, device=device)[None, :]
+        buckets = relative_position_bucket(key - query, bidirectional=self.bidirectional,
+                                           num_buckets=self.num_buckets, max_distance=self.max_distance)
+        return self.table(buckets).permute(2, 0, 1)[None]  # (T, S, nh) -> (1, nh, T, S)
+
+
 # ---------------------------------------------------------------- KV cache
 class KVCache:
     """Preallocated keys/values for every layer: (n_layer, B, n_kv_head, max_len, hs).
@@ -100,18 +143,23 @@ class KVCache:
 
 # ---------------------------------------------------------------- attention
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-    """Textbook softmax(QK^T / sqrt(d)) V; the reference SDPA is tested against.
+                    mask: torch.Tensor | None = None, is_causal: bool = False,
+                    scale: float | None = None) -> torch.Tensor:
+    """Textbook softmax(QK^T * scale) V, scale = 1/sqrt(d) unless given; the reference SDPA is tested against.
 
-    q: (B, nh, T, hs), k/v: (B, nh, S, hs), mask: bool broadcastable to (B, nh, T, S), True = attend.
+    q: (B, nh, T, hs), k/v: (B, nh, S, hs), mask broadcastable to (B, nh, T, S): bool (True = attend)
+    or float (added to the scores, as SDPA does).
     """
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, S)
     if is_causal:
         T, S = q.shape[-2], k.shape[-2]
         causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
         scores = scores.masked_fill(~causal, float("-inf"))
-    if mask is not None:
+    if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
     return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
 
 
@@ -132,20 +180,26 @@ def causal_mask(T: int, S: int, device, padding: torch.Tensor | None = None) -> 
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with grouped KV heads (MHA when n_kv_head == n_head, MQA when 1)."""
+    """Multi-head self-attention with grouped KV heads (MHA when n_kv_head == n_head, MQA when 1).
+
+    `head_dim` defaults to n_embd // n_head; `scale` multiplies the scores (default 1/sqrt(head_dim)).
+    `mask` may be bool (True = attend) or an additive float bias such as T5's relative positions.
+    """
 
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int, *, bias: bool, dropout: float,
-                 causal: bool = True, rope_theta: float | None = None):
+                 causal: bool = True, rope_theta: float | None = None, head_dim: int | None = None,
+                 scale: float | None = None):
         super().__init__()
-        assert n_embd % n_head == 0 and n_head % n_kv_head == 0
+        assert n_head % n_kv_head == 0 and (head_dim is not None or n_embd % n_head == 0)
         self.n_head, self.n_kv_head = n_head, n_kv_head
-        self.head_dim = n_embd // n_head
+        self.head_dim = head_dim or n_embd // n_head
         self.causal = causal
         self.rope_theta = rope_theta
         self.dropout = dropout
+        self.scale = scale
         self.use_naive = False  # flipped by tests to compare against the reference path
         self.qkv = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
-        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.proj = nn.Linear(n_head * self.head_dim, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, *, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -171,24 +225,72 @@ class SelfAttention(nn.Module):
         if self.causal and mask is None and T != S and T > 1:
             mask = causal_mask(T, S, x.device)
         drop = self.dropout if self.training else 0.0
-        if self.use_naive:
-            y = naive_attention(q, k, v, mask=mask, is_causal=is_causal)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = attend(q, k, v, mask=mask, is_causal=is_causal, dropout=drop, scale=self.scale, naive=self.use_naive)
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)
+        return self.resid_dropout(self.proj(y))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None, is_causal: bool,
+           dropout: float, scale: float | None, naive: bool) -> torch.Tensor:
+    """SDPA, or the naive reference when `naive`; (B, nh, T, hs) in and out."""
+    if mask is not None and mask.is_floating_point():
+        mask = mask.to(q.dtype)  # under autocast q is bf16, and SDPA wants an additive mask of the same dtype
+    if naive:
+        return naive_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                          scale=scale)
+
+
+class CrossAttention(nn.Module):
+    """Attention from decoder positions (queries) to a fixed memory such as an encoder output (keys/values).
+
+    The memory's keys/values depend only on the memory, so `project_memory` computes them once and
+    every decoding step reuses them.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, *, head_dim: int | None = None, bias: bool, dropout: float,
+                 scale: float | None = None):
+        super().__init__()
+        self.n_head = n_head
+        self.head_dim = head_dim or n_embd // n_head
+        self.dropout = dropout
+        self.scale = scale
+        self.use_naive = False
+        inner = n_head * self.head_dim
+        self.q = nn.Linear(n_embd, inner, bias=bias)
+        self.kv = nn.Linear(n_embd, 2 * inner, bias=bias)
+        self.proj = nn.Linear(inner, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (B, S, C) -> keys, values (B, nh, S, hs)."""
+        B, S, _ = memory.shape
+        k, v = self.kv(memory).view(B, S, 2, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], *,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) attends to `memory_kv` from `project_memory`; `mask` (B, 1, 1, S) hides padded memory."""
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = memory_kv
+        drop = self.dropout if self.training else 0.0
+        y = attend(q, k, v, mask=mask, is_causal=False, dropout=drop, scale=self.scale, naive=self.use_naive)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.proj(y))
 
 
 # ---------------------------------------------------------------- feed-forward
 class MLP(nn.Module):
-    """GELU MLP (GPT-2/BERT) or SwiGLU (Llama), chosen by `kind`."""
+    """GELU MLP (GPT-2/BERT), ReLU MLP (T5, the original Transformer), SwiGLU (Llama) or GEGLU (T5 v1.1),
+    chosen by `kind`."""
 
     def __init__(self, n_embd: int, hidden: int, *, kind: str, bias: bool, dropout: float):
         super().__init__()
         self.kind = kind
-        if kind == "swiglu":
+        if kind in ("swiglu", "geglu"):
             self.gate = nn.Linear(n_embd, hidden, bias=bias)
-        elif kind not in ("gelu", "gelu_exact"):
+        elif kind not in ("gelu", "gelu_exact", "relu"):
             raise ValueError(f"unknown mlp {kind!r}")
         self.up = nn.Linear(n_embd, hidden, bias=bias)
         self.down = nn.Linear(hidden, n_embd, bias=bias)
@@ -197,6 +299,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
             h = F.silu(self.gate(x)) * self.up(x)
+        elif self.kind == "geglu":
+            h = F.gelu(self.gate(x), approximate="tanh") * self.up(x)
+        elif self.kind == "relu":
+            h = F.relu(self.up(x))
         else:
             # GPT-2 uses the tanh approximation, BERT the exact erf form.
             h = F.gelu(self.up(x), approximate="tanh" if self.kind == "gelu" else "none")

@@ -89,7 +89,7 @@ def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
     """Recompute each transformer block's activations in the backward pass (less memory, ~30% more compute)."""
     from torch.utils.checkpoint import checkpoint
 
-    for block in getattr(model, "blocks", []):
+    for block in [b for blocks in _block_lists(model) for b in blocks]:
         forward = block.forward
 
         def checkpointed(*args, _forward=forward, **kwargs):
@@ -103,9 +103,15 @@ def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
 
 def apply_compile(model: nn.Module) -> nn.Module:
     """Compile each block separately: same speed-up as whole-model compile, much faster to compile."""
-    for i, block in enumerate(model.blocks):
-        model.blocks[i] = torch.compile(block, dynamic=False)
+    for blocks in _block_lists(model):
+        for i, block in enumerate(blocks):
+            blocks[i] = torch.compile(block, dynamic=False)
     return model
+
+
+def _block_lists(model: nn.Module) -> list[nn.ModuleList]:
+    """Every `blocks` list of the model: one in a decoder-only model, the encoder's and decoder's in T5."""
+    return [m.blocks for m in model.modules() if isinstance(getattr(m, "blocks", None), nn.ModuleList)]
 
 
 def unwrap(model: nn.Module) -> nn.Module:

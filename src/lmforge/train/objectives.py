@@ -45,6 +45,11 @@ class Objective:
 
     name = "objective"
     families: tuple[str, ...] = ()   # model families it applies to
+    default_tokenizer = "bpe"        # the tokenizer kind raw data is prepared with when none is asked for
+    extra_ids = 0                    # sentinel tokens <extra_id_N> that tokenizer must have (T5 span corruption)
+
+    def prepare_model(self, model) -> None:
+        """Adjust a freshly built model before training starts (e.g. freeze parts the loss never reaches)."""
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -64,7 +69,7 @@ class CausalLM(Objective):
     """Next-token prediction; `labels` are the inputs shifted by one (IGNORE_INDEX where masked out)."""
 
     name = "clm"
-    families = ("gpt", "rnn")
+    families = ("gpt", "rnn", "ngram")  # n-gram models are fitted by counting and scored by this loss
 
     def counts(self, batch):
         return {"lm": (batch["labels"] != IGNORE_INDEX).sum()}
@@ -85,6 +90,157 @@ class CausalLM(Objective):
             yield {"input_ids": x, "labels": y}
 
 
+class MaskedLM(Objective):
+    """BERT's masked-language-model loss (term `mlm`, per masked token), optionally plus a sentence-pair
+    loss (term `nsp` or `sop`, per pair): the total is mean MLM loss + mean pair loss, as in BERT.
+
+    `mask_prob` of the non-special tokens are chosen (80% -> [MASK], 10% random, 10% kept);
+    `whole_word` chooses whole words at a time. The tokenizer needs [CLS], [SEP] and [MASK].
+    """
+
+    name = "mlm"
+    families = ("bert",)
+    pair_task: str | None = None
+    default_tokenizer = "wordpiece"
+
+    def __init__(self, mask_prob: float = 0.15, whole_word: bool = False):
+        self.mask_prob, self.whole_word = mask_prob, whole_word
+
+    def prepare_model(self, model) -> None:
+        # Without a pair loss the pooler and pair head get no gradient: freezing them keeps the optimizer
+        # from tracking them and lets DDP run without searching for unused parameters.
+        if self.pair_task is None:
+            for module in model.sentence_pair_modules():
+                module.requires_grad_(False)
+
+    def counts(self, batch):
+        counts = {"mlm": (batch["labels"] != IGNORE_INDEX).sum()}
+        if self.pair_task:
+            counts[self.pair_task] = torch.tensor(batch["pair_labels"].numel(), device=batch["labels"].device)
+        return counts
+
+    def __call__(self, model, batch):
+        from lmforge.train.distributed import unwrap
+
+        hidden = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                       attention_mask=batch["attention_mask"])  # (B, T, C)
+        bert = unwrap(model)
+        labels = batch["labels"]
+        selected = labels != IGNORE_INDEX
+        # Vocabulary logits only where a token was masked: the other positions carry no loss.
+        terms = {"mlm": token_cross_entropy_sum(bert.mlm_logits(hidden[selected]), labels[selected])}
+        if self.pair_task:
+            terms[self.pair_task] = F.cross_entropy(bert.pair_logits(hidden).float(), batch["pair_labels"],
+                                                    reduction="sum")
+        return terms
+
+    def make_loader(self, tokens, seq_len, batch_size, *, tokenizer, seed, rank=0, world_size=1):
+        from lmforge.data.collate import PretrainingLoader
+
+        return PretrainingLoader(tokens, seq_len, batch_size, tokenizer=tokenizer, pairs=self.pair_task,
+                                 mask_prob=self.mask_prob, whole_word=self.whole_word, seed=seed, rank=rank,
+                                 world_size=world_size)
+
+    def eval_batches(self, tokens, seq_len, batch_size, *, tokenizer, max_batches):
+        from lmforge.data.collate import iter_pretraining_eval_batches
+
+        return iter_pretraining_eval_batches(tokens, seq_len, batch_size, tokenizer=tokenizer, pairs=self.pair_task,
+                                             mask_prob=self.mask_prob, whole_word=self.whole_word,
+                                             max_batches=max_batches)
+
+
+class MaskedLMWithNSP(MaskedLM):
+    """MLM + next-sentence prediction (BERT): B follows A (label 0) or comes from elsewhere (label 1)."""
+
+    name = "mlm+nsp"
+    pair_task = "nsp"
+
+
+class MaskedLMWithSOP(MaskedLM):
+    """MLM + sentence-order prediction (ALBERT): A and B consecutive, in order (0) or swapped (1)."""
+
+    name = "mlm+sop"
+    pair_task = "sop"
+
+
+class Seq2Seq(Objective):
+    """Cross-entropy of the target tokens given a source, for encoder-decoder models (term `lm`, per
+    target token). Batches hold `input_ids`, `attention_mask` and `labels` (IGNORE_INDEX past each
+    target); `decoder_input_ids` default to the labels shifted right behind the model's start token.
+
+    Training data is a sequence of `(source_ids, target_ids)` pairs, such as a translation corpus.
+    """
+
+    name = "seq2seq"
+    families = ("t5",)
+
+    def counts(self, batch):
+        return {"lm": (batch["labels"] != IGNORE_INDEX).sum()}
+
+    def __call__(self, model, batch):
+        decoder_input_ids = batch.get("decoder_input_ids")
+        if decoder_input_ids is None:
+            from lmforge.data.collate import shift_right
+            from lmforge.train.distributed import unwrap
+
+            cfg = unwrap(model).config
+            decoder_input_ids = shift_right(batch["labels"], cfg.decoder_start_token_id, cfg.pad_token_id)
+        logits = model(batch["input_ids"], batch.get("attention_mask"), decoder_input_ids)
+        return {"lm": token_cross_entropy_sum(logits, batch["labels"])}
+
+    def _pairs(self, data):
+        from lmforge.errors import ConfigError
+
+        if hasattr(data, "dtype"):  # a flat token stream: there is no target to predict
+            raise ConfigError(f"the {self.name} objective trains on (source, target) pairs, not raw text",
+                              "pretrain on raw text with --objective span-corruption, or fine-tune on a paired task")
+        return data
+
+    def make_loader(self, tokens, seq_len, batch_size, *, tokenizer, seed, rank=0, world_size=1):
+        from lmforge.data.collate import Seq2SeqLoader
+
+        return Seq2SeqLoader(self._pairs(tokens), batch_size, pad_id=tokenizer.pad_id,
+                             decoder_start_id=tokenizer.pad_id, max_source_length=seq_len, max_target_length=seq_len,
+                             seed=seed, rank=rank, world_size=world_size)
+
+    def eval_batches(self, tokens, seq_len, batch_size, *, tokenizer, max_batches):
+        from lmforge.data.collate import collate_seq2seq
+
+        pairs = self._pairs(tokens)
+        n = len(pairs) if max_batches is None else min(len(pairs), max_batches * batch_size)
+        for i in range(0, n, batch_size):
+            yield collate_seq2seq([(s[:seq_len], t[:seq_len]) for s, t in pairs[i:min(i + batch_size, n)]],
+                                  pad_id=tokenizer.pad_id, decoder_start_id=tokenizer.pad_id)
+
+
+class SpanCorruption(Seq2Seq):
+    """T5's pretraining objective on raw text: spans of about `mean_span_length` tokens covering
+    `noise_density` of each window are replaced by sentinels, and the decoder writes them out
+    (term `lm`, per target token). Raw text is prepared with a Unigram tokenizer that has T5's
+    100 sentinel tokens."""
+
+    name = "span-corruption"
+    default_tokenizer = "unigram"
+    extra_ids = 100
+
+    def __init__(self, noise_density: float = 0.15, mean_span_length: float = 3.0):
+        self.noise_density, self.mean_span_length = noise_density, mean_span_length
+
+    def make_loader(self, tokens, seq_len, batch_size, *, tokenizer, seed, rank=0, world_size=1):
+        from lmforge.data.collate import SpanCorruptionLoader
+
+        return SpanCorruptionLoader(tokens, seq_len, batch_size, tokenizer=tokenizer,
+                                    noise_density=self.noise_density, mean_span_length=self.mean_span_length,
+                                    seed=seed, rank=rank, world_size=world_size)
+
+    def eval_batches(self, tokens, seq_len, batch_size, *, tokenizer, max_batches):
+        from lmforge.data.collate import iter_span_corruption_eval_batches
+
+        return iter_span_corruption_eval_batches(tokens, seq_len, batch_size, tokenizer=tokenizer,
+                                                 noise_density=self.noise_density,
+                                                 mean_span_length=self.mean_span_length, max_batches=max_batches)
+
+
 def evaluate_objective(objective: Objective, model, batches) -> dict[str, float]:
     """Loss per unit of each term over `batches`, and their sum under `loss`."""
     device = next(model.parameters()).device
@@ -100,10 +256,12 @@ def evaluate_objective(objective: Objective, model, batches) -> dict[str, float]
     return {"loss": sum(per_term.values()), **per_term}
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"clm": CausalLM}
+OBJECTIVES: dict[str, type[Objective]] = {"clm": CausalLM, "mlm": MaskedLM, "mlm+nsp": MaskedLMWithNSP,
+                                          "mlm+sop": MaskedLMWithSOP, "seq2seq": Seq2Seq,
+                                          "span-corruption": SpanCorruption}
 
 
-DEFAULT_OBJECTIVE = {"gpt": "clm", "rnn": "clm"}
+DEFAULT_OBJECTIVE = {"gpt": "clm", "rnn": "clm", "bert": "mlm", "ngram": "clm", "t5": "span-corruption"}
 
 
 def build_objective(name: str | None, family: str, **kwargs) -> Objective:
