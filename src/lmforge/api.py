@@ -23,7 +23,7 @@ from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.models.registry import build_model, load_model, preset_config
 
 __all__ = ["DataConfig", "ModelSpec", "TrainConfig", "prepare", "pretrain", "load", "generate",
-           "evaluate_perplexity", "compare", "demo"]
+           "evaluate_perplexity", "compare", "convert", "demo"]
 
 
 # ---------------------------------------------------------------------- data
@@ -212,6 +212,16 @@ def evaluate_perplexity(run_dir: str | Path, data: str, **kwargs) -> dict:
     from lmforge.eval.perplexity import perplexity_of_run
 
     return perplexity_of_run(run_dir, data, **kwargs)
+
+
+# ---------------------------------------------------------------------- Hugging Face interop
+def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool = False) -> dict:
+    """Convert an lmforge run directory into a Hugging Face transformers folder (`to="hf"`), or a Hugging Face
+    folder (GPT-2, Llama, BERT, T5) into an lmforge model directory that `load` and `generate` read
+    (`to="lmforge"`). `dst` is written whole or not at all; returns a summary of what was written."""
+    from lmforge.interop.hf import convert as convert_folder
+
+    return convert_folder(src, dst, to=to, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------- comparing model families

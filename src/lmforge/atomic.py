@@ -48,3 +48,34 @@ def save_safetensors_atomic(tensors: dict, path: str | Path, metadata: dict[str,
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside `path` to fill; on success it replaces whatever is at `path`,
+    on error it is deleted, so `path` never holds a partial result."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should look like any other folder
+    try:
+        yield tmp
+        old = tmp.with_suffix(".old")
+        replacing = path.exists() or path.is_symlink()
+        if replacing:
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if replacing:
+                os.rename(old, path)
+            raise
+        if replacing:
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -97,6 +97,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace earlier runs in --out")
     verbs.add_subcommand("compare", p, help="compare model families at equal training time")
 
+    p = _parser("Convert a model between an lmforge run/model directory and a Hugging Face transformers folder "
+                "(GPT-2, Llama, BERT, T5).")
+    p.add_argument("src", help="lmforge run directory (--to hf) or Hugging Face model folder (--to lmforge)")
+    p.add_argument("dst", help="folder to create; written whole or not at all")
+    p.add_argument("--to", default="hf", choices=["hf", "lmforge"], help="layout to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
+    verbs.add_subcommand("convert", p, help="convert to or from Hugging Face transformers")
+
     p = _parser("List the model presets.")
     verbs.add_subcommand("presets", p, help="list model presets")
 
@@ -181,6 +189,10 @@ def run(argv: list[str]) -> int:
         api.compare(args.data, args.budget_seconds, args.out, models=args.models, tokenizer=args.tokenizer,
                     vocab_size=args.vocab_size, clean=args.clean, device=args.device, overwrite=args.overwrite)
         print((Path(args.out) / "compare.md").read_text())
+    elif verb == "convert":
+        from lmforge.interop.hf import describe
+
+        print(describe(api.convert(args.src, args.dst, to=args.to, overwrite=args.overwrite)))
     elif verb == "presets":
         from lmforge.models.gpt import count_parameters
         from lmforge.models.registry import PRESETS, build_model

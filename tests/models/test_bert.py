@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lmforge.errors import ConfigError
+from lmforge.interop.hf import state_from_hf
 from lmforge.models.bert import Bert, BertConfig
 from lmforge.models.gpt import count_parameters
 from lmforge.models.registry import build_model, load_model, preset_config, save_model
@@ -125,37 +126,6 @@ def test_padding_does_not_change_real_tokens():
 
 
 # ---------------------------------------------------------------- HF parity
-def hf_to_ours(sd: dict, n_layer: int) -> dict:
-    """HF BertForPreTraining -> lmforge Bert. Our attention fuses q, k, v into one projection: qkv = cat[q, k, v]."""
-    out = {
-        "embeddings.wte.weight": sd["bert.embeddings.word_embeddings.weight"],
-        "embeddings.wpe.weight": sd["bert.embeddings.position_embeddings.weight"],
-        "embeddings.wtt.weight": sd["bert.embeddings.token_type_embeddings.weight"],
-        "embeddings.ln.weight": sd["bert.embeddings.LayerNorm.weight"],
-        "embeddings.ln.bias": sd["bert.embeddings.LayerNorm.bias"],
-        "pooler.weight": sd["bert.pooler.dense.weight"],
-        "pooler.bias": sd["bert.pooler.dense.bias"],
-        "mlm_head.dense.weight": sd["cls.predictions.transform.dense.weight"],
-        "mlm_head.dense.bias": sd["cls.predictions.transform.dense.bias"],
-        "mlm_head.ln.weight": sd["cls.predictions.transform.LayerNorm.weight"],
-        "mlm_head.ln.bias": sd["cls.predictions.transform.LayerNorm.bias"],
-        "mlm_head.decoder.bias": sd["cls.predictions.bias"],
-        "pair_head.weight": sd["cls.seq_relationship.weight"],
-        "pair_head.bias": sd["cls.seq_relationship.bias"],
-    }
-    for i in range(n_layer):
-        h, o = f"bert.encoder.layer.{i}.", f"blocks.{i}."
-        for part in ("weight", "bias"):
-            out[f"{o}attn.qkv.{part}"] = torch.cat([sd[f"{h}attention.self.{x}.{part}"]
-                                                    for x in ("query", "key", "value")], dim=0)
-            out[f"{o}attn.proj.{part}"] = sd[f"{h}attention.output.dense.{part}"]
-            out[f"{o}ln_1.{part}"] = sd[f"{h}attention.output.LayerNorm.{part}"]
-            out[f"{o}mlp.up.{part}"] = sd[f"{h}intermediate.dense.{part}"]
-            out[f"{o}mlp.down.{part}"] = sd[f"{h}output.dense.{part}"]
-            out[f"{o}ln_2.{part}"] = sd[f"{h}output.LayerNorm.{part}"]
-    return out
-
-
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 def test_hf_bert_for_pretraining_parity(attn_implementation):
     from transformers import BertConfig as HFConfig, BertForPreTraining
@@ -169,7 +139,7 @@ def test_hf_bert_for_pretraining_parity(attn_implementation):
     _randomise(hf, 1)
     ours = Bert(BertConfig(vocab_size=99, block_size=40, n_layer=2, n_head=4, n_embd=64, intermediate_size=96,
                            norm_eps=hf_cfg.layer_norm_eps, dropout=0.0)).eval()
-    state = hf_to_ours(hf.state_dict(), 2)
+    state = state_from_hf(hf.state_dict(), "BertForPreTraining", ours.config)
     assert set(state) == set(ours.state_dict()) - {"mlm_head.decoder.weight"}  # tied to the word embeddings
     ours.load_state_dict(state, strict=False)
 

@@ -1,7 +1,9 @@
-"""Our GPT against independent implementations: HF transformers GPT-2 and Llama with copied weights."""
+"""Our GPT against independent implementations: HF transformers GPT-2 and Llama, weights copied by the
+key maps of lmforge.interop.hf."""
 import pytest
 import torch
 
+from lmforge.interop.hf import state_from_hf
 from lmforge.models.gpt import GPT, GPTConfig
 
 transformers = pytest.importorskip("transformers")
@@ -22,38 +24,6 @@ def _check_all_copied(model: GPT, state: dict) -> None:
     assert set(state) == ours
 
 
-def gpt2_to_ours(sd: dict, n_layer: int) -> dict:
-    """HF GPT-2 -> lmforge. HF's Conv1D stores weights as (in, out); nn.Linear as (out, in)."""
-    out = {"wte.weight": sd["transformer.wte.weight"], "wpe.weight": sd["transformer.wpe.weight"],
-           "ln_f.weight": sd["transformer.ln_f.weight"], "ln_f.bias": sd["transformer.ln_f.bias"]}
-    for i in range(n_layer):
-        h, o = f"transformer.h.{i}.", f"blocks.{i}."
-        for ln in ("ln_1", "ln_2"):
-            out[f"{o}{ln}.weight"] = sd[f"{h}{ln}.weight"]
-            out[f"{o}{ln}.bias"] = sd[f"{h}{ln}.bias"]
-        for theirs, mine in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"),
-                             ("mlp.c_fc", "mlp.up"), ("mlp.c_proj", "mlp.down")):
-            out[f"{o}{mine}.weight"] = sd[f"{h}{theirs}.weight"].t()
-            out[f"{o}{mine}.bias"] = sd[f"{h}{theirs}.bias"]
-    return out
-
-
-def llama_to_ours(sd: dict, n_layer: int) -> dict:
-    """HF Llama -> lmforge. Our attention fuses q, k, v into one projection: qkv = cat[q, k, v]."""
-    out = {"wte.weight": sd["model.embed_tokens.weight"], "ln_f.weight": sd["model.norm.weight"],
-           "lm_head.weight": sd["lm_head.weight"]}
-    for i in range(n_layer):
-        h, o = f"model.layers.{i}.", f"blocks.{i}."
-        out[f"{o}ln_1.weight"] = sd[f"{h}input_layernorm.weight"]
-        out[f"{o}ln_2.weight"] = sd[f"{h}post_attention_layernorm.weight"]
-        out[f"{o}attn.qkv.weight"] = torch.cat([sd[f"{h}self_attn.{x}_proj.weight"] for x in "qkv"], dim=0)
-        out[f"{o}attn.proj.weight"] = sd[f"{h}self_attn.o_proj.weight"]
-        out[f"{o}mlp.gate.weight"] = sd[f"{h}mlp.gate_proj.weight"]
-        out[f"{o}mlp.up.weight"] = sd[f"{h}mlp.up_proj.weight"]
-        out[f"{o}mlp.down.weight"] = sd[f"{h}mlp.down_proj.weight"]
-    return out
-
-
 def test_gpt2_parity():
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -65,7 +35,7 @@ def test_gpt2_parity():
     ours = GPT(GPTConfig(vocab_size=100, block_size=64, n_layer=2, n_head=4, n_embd=64, position="learned",
                          norm="layernorm", norm_eps=hf_cfg.layer_norm_epsilon, mlp="gelu", bias=True,
                          tie_embeddings=True)).eval()
-    state = gpt2_to_ours(hf.state_dict(), 2)
+    state = state_from_hf(hf.state_dict(), "GPT2LMHeadModel", ours.config)
     _check_all_copied(ours, state)
     ours.load_state_dict(state, strict=False)
 
@@ -93,7 +63,7 @@ def test_llama_parity(n_kv_head):
     ours = GPT(GPTConfig(vocab_size=100, block_size=64, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=64,
                          intermediate_size=160, position="rope", rope_theta=rope_theta, norm="rmsnorm",
                          norm_eps=1e-5, mlp="swiglu", bias=False, tie_embeddings=False)).eval()
-    state = llama_to_ours(hf.state_dict(), 2)
+    state = state_from_hf(hf.state_dict(), "LlamaForCausalLM", ours.config)
     _check_all_copied(ours, state)
     ours.load_state_dict(state, strict=False)
 
@@ -118,7 +88,7 @@ def test_llama_parity_with_left_padding():
     ours = GPT(GPTConfig(vocab_size=100, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
                          intermediate_size=160, position="rope", norm="rmsnorm", norm_eps=1e-5, mlp="swiglu",
                          bias=False, tie_embeddings=False)).eval()
-    ours.load_state_dict(llama_to_ours(hf.state_dict(), 2), strict=False)
+    ours.load_state_dict(state_from_hf(hf.state_dict(), "LlamaForCausalLM", ours.config), strict=False)
     ids = torch.randint(0, 100, (2, 20))
     mask = torch.ones(2, 20, dtype=torch.long)
     mask[1, :6] = 0

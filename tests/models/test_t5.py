@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lmforge.errors import ConfigError
+from lmforge.interop.hf import state_from_hf
 from lmforge.models.gpt import count_parameters
 from lmforge.models.layers import CrossAttention, SelfAttention
 from lmforge.models.registry import build_model, load_model, preset_config, save_model
@@ -19,45 +20,6 @@ def _randomise(module: torch.nn.Module, seed: int) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.dim() > 1 else 0.3) + (1.0 if p.dim() == 1 else 0.0))
-
-
-def hf_t5_to_ours(sd: dict, n_layer: int, n_decoder_layer: int, *, gated: bool, tied: bool) -> dict:
-    """HF T5ForConditionalGeneration -> lmforge T5. Our attention fuses q, k, v (and cross k, v) by rows."""
-    out = {"wte.weight": sd["shared.weight"],
-           "encoder.rel_pos.table.weight": sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
-           "decoder.rel_pos.table.weight": sd["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
-           "encoder.ln_f.weight": sd["encoder.final_layer_norm.weight"],
-           "decoder.ln_f.weight": sd["decoder.final_layer_norm.weight"]}
-    if not tied:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-
-    def mlp(h, o):
-        ff = f"{h}.DenseReluDense"
-        if gated:
-            out[f"{o}.mlp.gate.weight"] = sd[f"{ff}.wi_0.weight"]
-            out[f"{o}.mlp.up.weight"] = sd[f"{ff}.wi_1.weight"]
-        else:
-            out[f"{o}.mlp.up.weight"] = sd[f"{ff}.wi.weight"]
-        out[f"{o}.mlp.down.weight"] = sd[f"{ff}.wo.weight"]
-        out[f"{o}.ln_2.weight"] = sd[f"{h}.layer_norm.weight"]
-
-    for stack, n in (("encoder", n_layer), ("decoder", n_decoder_layer)):
-        for i in range(n):
-            h, o = f"{stack}.block.{i}.layer", f"{stack}.blocks.{i}"
-            att = f"{h}.0.SelfAttention"
-            out[f"{o}.attn.qkv.weight"] = torch.cat([sd[f"{att}.{x}.weight"] for x in "qkv"], dim=0)
-            out[f"{o}.attn.proj.weight"] = sd[f"{att}.o.weight"]
-            out[f"{o}.ln_1.weight"] = sd[f"{h}.0.layer_norm.weight"]
-            if stack == "encoder":
-                mlp(f"{h}.1", o)
-            else:
-                cross = f"{h}.1.EncDecAttention"
-                out[f"{o}.cross_attn.q.weight"] = sd[f"{cross}.q.weight"]
-                out[f"{o}.cross_attn.kv.weight"] = torch.cat([sd[f"{cross}.k.weight"], sd[f"{cross}.v.weight"]], 0)
-                out[f"{o}.cross_attn.proj.weight"] = sd[f"{cross}.o.weight"]
-                out[f"{o}.ln_cross.weight"] = sd[f"{h}.1.layer_norm.weight"]
-                mlp(f"{h}.2", o)
-    return out
 
 
 @pytest.mark.parametrize("mlp", ["relu", "gated-gelu"])
@@ -76,7 +38,7 @@ def test_hf_t5_parity_with_encoder_padding(mlp):
     ours = T5(T5Config(vocab_size=120, n_embd=48, head_dim=16, intermediate_size=96, n_layer=2, n_decoder_layer=3,
                        n_head=4, relative_buckets=8, relative_max_distance=20, mlp=mlp,
                        tie_embeddings=tied)).eval()
-    state = hf_t5_to_ours(hf.state_dict(), 2, 3, gated=mlp == "gated-gelu", tied=tied)
+    state = state_from_hf(hf.state_dict(), "T5ForConditionalGeneration", ours.config)
     assert set(state) == set(ours.state_dict()) - ({"lm_head.weight"} if tied else set())
     ours.load_state_dict(state, strict=False)
 

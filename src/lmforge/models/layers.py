@@ -237,8 +237,59 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Ten
         mask = mask.to(q.dtype)  # under autocast q is bf16, and SDPA wants an additive mask of the same dtype
     if naive:
         return naive_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
+    if _materialize_on_cpu(q, k):
+        return materialized_attention(q, k, v, mask=mask, is_causal=is_causal, dropout=dropout, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
                                           scale=scale)
+
+
+# Largest score matrix (elements, over batch and heads) worth materialising; beyond it the
+# quadratic memory outweighs the speed and the flash kernel is used.
+MATERIALIZE_MAX_SCORES = 1 << 25
+
+
+def _materialize_on_cpu(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """On CPU, PyTorch's bf16 flash-attention kernel (its backward above all) is 2-5x slower than
+    plain bf16 batched matmuls plus a softmax while the T x S scores fit comfortably in memory."""
+    B, nh, T, _ = q.shape
+    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and T > 1
+            and B * nh * T * k.shape[-2] <= MATERIALIZE_MAX_SCORES)
+
+
+def materialized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None,
+                           is_causal: bool, dropout: float, scale: float | None) -> torch.Tensor:
+    """softmax(QK^T * scale + bias) V with the scores held in q's dtype; same arguments as SDPA."""
+    B, nh, T, hs = q.shape
+    S = k.shape[-2]
+    scale = 1.0 / math.sqrt(hs) if scale is None else scale
+    if mask is None:
+        bias = _causal_bias(T, S, q.dtype, q.device) if is_causal else None
+    elif mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+        if is_causal:
+            bias = bias + _causal_bias(T, S, q.dtype, q.device)
+    else:
+        bias = mask + _causal_bias(T, S, q.dtype, q.device) if is_causal else mask
+    qf, kt = q.reshape(B * nh, T, hs), k.reshape(B * nh, S, hs).transpose(1, 2)
+    if bias is None:
+        scores = torch.bmm(qf, kt).mul_(scale)
+    else:
+        # baddbmm adds the bias in the matmul's epilogue; a per-batch or per-head bias is expanded first.
+        if bias.dim() > 2 and any(n > 1 for n in bias.shape[:-2]):
+            bias = bias.expand(B, nh, T, S).reshape(B * nh, T, S)
+        else:
+            bias = bias.reshape(T if bias.shape[-2] == T else 1, S)
+        scores = torch.baddbmm(bias, qf, kt, alpha=scale)
+    probs = torch.softmax(scores, dim=-1)
+    if dropout > 0.0:
+        probs = F.dropout(probs, p=dropout)
+    return torch.bmm(probs, v.reshape(B * nh, S, hs)).view(B, nh, T, hs)
+
+
+def _causal_bias(T: int, S: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(T, S) additive mask: 0 where query i (at position S-T+i) may see key j, -inf elsewhere."""
+    keep = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+    return torch.zeros(T, S, dtype=dtype, device=device).masked_fill_(~keep, float("-inf"))
 
 
 class CrossAttention(nn.Module):
