@@ -50,9 +50,20 @@ def load_recipe(path: Path, overrides: list[str]) -> tuple[DataConfig, ModelSpec
         section, _, name = key.partition(".")
         if section not in ("data", "model", "train") or not name or not _:
             raise SystemExit(f"error: --set expects section.key=value, got {item!r}")
-        recipe.setdefault(section, {})[name] = yaml.safe_load(value)
+        recipe.setdefault(section, {})[name] = _scalar(value)
     return (DataConfig(**recipe.get("data", {})), ModelSpec(**recipe.get("model", {})),
             TrainConfig(**recipe.get("train", {})))
+
+
+def _scalar(text: str):
+    """YAML value, also reading `3e-3` as a number (YAML 1.1 wants `3.0e-3`)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def input_file(arg: str | None) -> Path:
@@ -83,9 +94,18 @@ def main() -> None:
 
     data, spec, train = load_recipe(Path(args.config), args.set)
     train = replace(train, max_seconds=args.budget_seconds, progress=False)
-    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lmforge-shakespeare-"))
+    scratch = None if args.out else tempfile.TemporaryDirectory(prefix="lmforge-shakespeare-")
+    work = Path(args.out or scratch.name)
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(args, data, spec, train, work)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    print(json.dumps(result))
 
+
+def run(args, data: DataConfig, spec: ModelSpec, train: TrainConfig, work: Path) -> dict:
     t = time.perf_counter()
     meta = prepare(str(input_file(args.input)), work / "data", tokenizer=data.tokenizer, vocab_size=data.vocab_size,
                    val_fraction=data.val_fraction, clean=data.clean, seed=train.seed, overwrite=True, progress=False)
@@ -111,8 +131,9 @@ def main() -> None:
 
     seconds_to_target = first_time_below(args.target)
     within_budget = [v for s, _, v in evals if s <= BASELINE_SECONDS + 5.0]
-    seq_len = train.seq_len or summary.get("seq_len")
-    n_windows = train.eval_batches * train.batch_size
+    resolved = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    seq_len = resolved["train"]["seq_len"] or resolved["model"]["block_size"]
+    n_windows = min(train.eval_batches * train.batch_size, (meta["val_tokens"] - 1) // seq_len)
     result = {
         "benchmark": "shakespeare_char",
         "device": "cuda" if str(train.device).startswith("cuda") else "cpu",
@@ -134,7 +155,7 @@ def main() -> None:
         "train_tokens": meta["train_tokens"],
         "val_tokens": meta["val_tokens"],
         "val_windows": n_windows,
-        "val_tokens_evaluated": n_windows * (seq_len or 0),
+        "val_tokens_evaluated": n_windows * seq_len,
         "evaluations": len(evals),
         "clock": "from the pretrain call on prepared data; includes model setup, compilation and evaluations",
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -143,7 +164,7 @@ def main() -> None:
                    "model": {k: v for k, v in asdict(spec).items() if v is not None},
                    "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(train).items()}},
     }
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

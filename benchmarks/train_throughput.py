@@ -15,8 +15,8 @@ is the median over the timed steps. The two models alternate step by step, so a 
 machine load affects both alike; a step during which other processes kept a CPU core busy
 is measured again (`--max_other_cpu`).
 
-`ratio` compares the two at the same precision (`--precision`; `auto` is what lmforge picks
-for the device). Unless `--no_extras`, the JSON also holds each side at fp32 and bf16 and
+`ratio` compares the two at the same precision (`--precision`; `auto` is bf16 where the
+hardware computes it natively - GPUs, CPUs with AVX512-BF16 or AMX - and fp32 elsewhere). Unless `--no_extras`, the JSON also holds each side at fp32 and bf16 and
 the ratio of lmforge's fastest setting to each transformers setting.
 
 The last line printed is one JSON object (see the benchmark contract in the README).
@@ -44,7 +44,7 @@ from lmforge.models.gpt import GPTConfig  # noqa: E402
 from lmforge.models.registry import build_model  # noqa: E402
 from lmforge.train.distributed import DistInfo, resolve_device  # noqa: E402
 from lmforge.train.optim import parameter_groups  # noqa: E402
-from lmforge.train.precision import resolve_precision  # noqa: E402
+from lmforge.train.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from lmforge.train.trainer import Trainer  # noqa: E402
 
 
@@ -66,12 +66,11 @@ def train_config(args, precision: str, compile: bool) -> TrainConfig:
                        precision=precision, compile=compile, device=args.device, progress=False)
 
 
-def lmforge_contestant(args, precision: str, compile: bool, device: torch.device) -> Contestant:
+def lmforge_contestant(args, precision: str, compile: bool, device: torch.device, run_dir: Path) -> Contestant:
     torch.manual_seed(args.seed)
     model = build_model(GPTConfig(vocab_size=args.vocab_size, block_size=args.seq_len, n_layer=args.n_layer,
                                   n_head=args.n_head, n_embd=args.n_embd, dropout=0.0))
-    trainer = Trainer(model, None, train_config(args, precision, compile), tempfile.mkdtemp(prefix="lmforge-bench-"),
-                      dist=DistInfo(device=device))
+    trainer = Trainer(model, None, train_config(args, precision, compile), run_dir, dist=DistInfo(device=device))
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         return trainer.train_step([(x, y)])
@@ -168,7 +167,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps per contestant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="precision of the same-precision comparison (auto: lmforge's choice for the device)")
+                   help="precision of the same-precision comparison (auto: bf16 on GPUs and on CPUs with native "
+                        "bf16, fp32 elsewhere)")
     p.add_argument("--compile", default="off", choices=["on", "off"],
                    help="lmforge with train.compile in the same-precision comparison")
     p.add_argument("--device", default="auto")
@@ -185,13 +185,22 @@ def main() -> None:
     args = p.parse_args()
 
     import transformers
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = args.precision
+    if precision == "auto":
+        # The faster precision the hardware does natively, with the same validation loss (see precision.py).
+        precision = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else resolve_precision("auto", device)
+    precision = resolve_precision(precision, device)
     compile_main = args.compile == "on"
-    ours = lmforge_contestant(args, precision, compile_main, device)
+    # The trainer writes nothing unless asked to save; it still wants a run directory.
+    scratch = tempfile.TemporaryDirectory(prefix="lmforge-bench-")
+    run_dir = Path(scratch.name)
+    ours = lmforge_contestant(args, precision, compile_main, device, run_dir)
     theirs = transformers_contestant(args, precision, device)
     contestants = [ours, theirs]
     extras: list[Contestant] = []
@@ -199,11 +208,15 @@ def main() -> None:
         # The other precision for both, and lmforge with compilation switched the other way.
         other = "fp32" if precision != "fp32" else ("bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported()
                                                      else "fp16")
-        extras = [lmforge_contestant(args, other, compile_main, device), transformers_contestant(args, other, device),
-                  lmforge_contestant(args, precision, not compile_main, device),
-                  lmforge_contestant(args, other, not compile_main, device)]
+        extras = [lmforge_contestant(args, other, compile_main, device, run_dir),
+                  transformers_contestant(args, other, device),
+                  lmforge_contestant(args, precision, not compile_main, device, run_dir),
+                  lmforge_contestant(args, other, not compile_main, device, run_dir)]
     contestants += extras
-    measure(contestants, args, device)
+    try:
+        measure(contestants, args, device)
+    finally:
+        scratch.cleanup()
 
     tokens = args.batch_size * args.seq_len
     ours_tps, theirs_tps = ours.tokens_per_second(tokens), theirs.tokens_per_second(tokens)
@@ -222,8 +235,11 @@ def main() -> None:
     }
     if extras:
         speed = {c.name: c.tokens_per_second(tokens) for c in contestants}
-        best = max((c.name for c in contestants if c.name.startswith("lmforge")), key=speed.get)
         result["tokens_per_second"] = {k: round(v, 1) for k, v in speed.items()}
+        result["ratio_same_precision"] = {
+            prec: round(speed[f"lmforge {prec}{' compiled' if compile_main else ''}"] / speed[f"transformers {prec}"], 3)
+            for prec in (precision, other)}
+        best = max((c.name for c in contestants if c.name.startswith("lmforge")), key=speed.get)
         result["ours_best"] = best
         for name in speed:
             if name.startswith("transformers"):

@@ -143,7 +143,9 @@ class NGramLM(nn.Module):
                             "set --model.vocab_size to the tokenizer's vocabulary size")
         N = toks.size
         prefix_ids = np.zeros(N + 1, dtype=np.int64)  # id of the empty context at every start position
-        tables = []  # per order: (sorted unique keys, raw counts, id of the k-gram starting at each position)
+        # Per order: sorted distinct keys, raw counts, the id of the k-gram starting at each position,
+        # and the first position of each distinct k-gram.
+        tables = []
         for k in range(1, n + 1):
             keys = prefix_ids[:N - k + 1] * V + toks[k - 1:]  # k-gram starting at s = id(prefix at s) * V + token
             uniq, first, ids, raw = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
