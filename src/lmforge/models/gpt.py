@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
-from lmforge.models.layers import (MLP, KVCache, SelfAttention, causal_mask, make_norm, rope_cos_sin,
-                                   sinusoidal_table)
+from lmforge.models.layers import (MLP, KVCache, SelfAttention, causal_mask, linear_cross_entropy_sum, make_norm,
+                                   rope_cos_sin, sinusoidal_table)
 
 POSITIONS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
@@ -97,6 +97,7 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     family = "gpt"
+    sums_loss_from_labels = True  # forward(input_ids, labels=...) returns the summed loss
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -128,12 +129,14 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, kv_cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab) for `input_ids` (B, T).
 
         With `kv_cache`, the tokens continue the cached ones (the caller advances the cache).
         `attention_mask` (B, S) marks real tokens over cache + new tokens (left padding).
         `last_only` computes logits for the final position only, which is all decoding needs.
+        With `labels` (B, T), the target of each position (-100 = none), returns instead the fp32 sum of
+        the cross-entropy over the targets, without ever holding the (B, T, vocab) logits.
         """
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -159,6 +162,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, mask=mask, kv_cache=kv_cache, layer_idx=i)
         x = self.ln_f(x)
+        if labels is not None:
+            return linear_cross_entropy_sum(x.reshape(B * T, -1), self.lm_head.weight, labels.reshape(B * T))
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x)

@@ -107,6 +107,15 @@ class RelativePositionBias(nn.Module):
         return self.table(buckets).permute(2, 0, 1)[None]  # (T, S, nh) -> (1, nh, T, S)
 
 
+def rope_heads_last(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` for x laid out (B, T, heads, hs), computed in x's dtype (as Llama does under
+    autocast); cos/sin: (B, T, hs) or (T, hs)."""
+    cos, sin = cos.to(x.dtype).unsqueeze(-2), sin.to(x.dtype).unsqueeze(-2)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
 # ---------------------------------------------------------------- KV cache
 class KVCache:
     """Preallocated keys/values for every layer: (n_layer, B, n_kv_head, max_len, hs).
@@ -207,12 +216,16 @@ class SelfAttention(nn.Module):
                 layer_idx: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         hs, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
-        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, nkv, hs).transpose(1, 2)
+        qkv = self.qkv(x)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            # q and k sit side by side in the projection: rotate them in one pass, in their own dtype.
+            qk = rope_heads_last(qkv[..., :(nh + nkv) * hs].view(B, T, nh + nkv, hs), *rope)
+            q, k = qk.split([nh, nkv], dim=2)
+        else:
+            q, k = qkv[..., :nh * hs].view(B, T, nh, hs), qkv[..., nh * hs:(nh + nkv) * hs].view(B, T, nkv, hs)
+        q = q.transpose(1, 2)  # (B, nh, T, hs)
+        k = k.transpose(1, 2)  # (B, nkv, T, hs)
+        v = qkv[..., (nh + nkv) * hs:].view(B, T, nkv, hs).transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(layer_idx, k, v)  # (B, nkv, S, hs)
         if nkv != nh:
@@ -329,6 +342,64 @@ class CrossAttention(nn.Module):
         y = attend(q, k, v, mask=mask, is_causal=False, dropout=drop, scale=self.scale, naive=self.use_naive)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.proj(y))
+
+
+# ---------------------------------------------------------------- output layer + loss
+# Rows of logits handled at once by `linear_cross_entropy_sum`: a few MB, so each chunk stays in cache.
+CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 20
+
+
+def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                             ignore_index: int = -100) -> torch.Tensor:
+    """sum over rows with labels != ignore_index of cross_entropy(hidden @ weight.T, labels), in fp32.
+
+    Equal to `F.cross_entropy(F.linear(hidden, weight).float(), labels, reduction="sum")`, but the
+    (N, vocab) logits are never held whole: they are formed a chunk of rows at a time and turned into
+    the loss and both gradients at once. That saves the fp32 logits, their softmax and their gradient
+    (three (N, vocab) tensors) and most of the memory traffic of the output layer.
+    hidden: (N, C), weight: (vocab, C), labels: (N,). Under autocast the matmuls run in its dtype.
+    """
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    rows = max(1, CROSS_ENTROPY_CHUNK_ELEMENTS // weight.shape[0])
+    return _LinearCrossEntropySum.apply(hidden, weight, labels, dtype, rows, ignore_index)
+
+
+class _LinearCrossEntropySum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, dtype, rows, ignore_index):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_h = torch.empty_like(h) if need_h else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+            for start in range(0, h.shape[0], rows):
+                hc, y = h[start:start + rows], labels[start:start + rows]
+                logits = (hc @ w.t()).float()  # (n, vocab)
+                lse = torch.logsumexp(logits, dim=-1)
+                valid = y != ignore_index
+                y = torch.where(valid, y, 0)
+                total += ((lse - logits.gather(1, y[:, None]).squeeze(1)) * valid).sum()
+                if need_h or need_w:
+                    # d loss / d logits = softmax - one_hot(label), zero on ignored rows.
+                    g = logits.sub_(lse[:, None]).exp_()
+                    g[torch.arange(len(y), device=y.device), y] -= 1.0
+                    g = g.mul_(valid[:, None]).to(dtype)
+                    if need_h:
+                        torch.mm(g, w, out=grad_h[start:start + rows])
+                    if need_w:
+                        grad_w += g.t() @ hc
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = (grad_h * grad_total).to(ctx.dtypes[0]) if grad_h is not None else None
+        gw = (grad_w * grad_total).to(ctx.dtypes[1]) if grad_w is not None else None
+        return gh, gw, None, None, None, None
 
 
 # ---------------------------------------------------------------- feed-forward

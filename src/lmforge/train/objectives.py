@@ -75,7 +75,12 @@ class CausalLM(Objective):
         return {"lm": (batch["labels"] != IGNORE_INDEX).sum()}
 
     def __call__(self, model, batch):
+        from lmforge.train.distributed import unwrap
+
         kwargs = {"attention_mask": batch["attention_mask"]} if "attention_mask" in batch else {}
+        if getattr(unwrap(model), "sums_loss_from_labels", False):
+            # The model sums the loss itself a chunk of positions at a time, never holding every logit.
+            return {"lm": model(batch["input_ids"], labels=batch["labels"], **kwargs)}
         return {"lm": token_cross_entropy_sum(model(batch["input_ids"], **kwargs), batch["labels"])}
 
     def make_loader(self, tokens, seq_len, batch_size, *, tokenizer=None, seed, rank=0, world_size=1):
