@@ -345,8 +345,9 @@ class CrossAttention(nn.Module):
 
 
 # ---------------------------------------------------------------- output layer + loss
-# Rows of logits handled at once by `linear_cross_entropy_sum`: a few MB, so each chunk stays in cache.
-CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 20
+# Logits handled at once by `linear_cross_entropy_sum` (8 MB in fp32): small enough to stay in cache,
+# large enough for efficient matmuls (measured fastest of 2^20..2^22 on CPU, fp32 and bf16).
+CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 21
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
@@ -389,7 +390,10 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                     if need_h:
                         torch.mm(g, w, out=grad_h[start:start + rows])
                     if need_w:
-                        grad_w += g.t() @ hc
+                        if dtype == torch.float32:
+                            grad_w.addmm_(g.t(), hc)  # in place: no (vocab, C) temporary per chunk
+                        else:
+                            grad_w += g.t() @ hc  # bf16 product, fp32 running sum
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total
