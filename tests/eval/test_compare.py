@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lmforge.eval.compare import TimeBudget
+from lmforge.train.budget import TimeBudget
 
 TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
         "To be, or not to be, that is the question.\n") * 60

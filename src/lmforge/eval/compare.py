@@ -31,6 +31,7 @@ import torch
 
 from lmforge.atomic import atomic_path, write_json_atomic, write_text_atomic
 from lmforge.errors import ConfigError, DataError
+from lmforge.train.budget import TimeBudget
 
 DEFAULT_MODELS = ("ngram-5", "rnn-small", "lstm-small", "gru-small", "gpt-char-small")
 
@@ -175,26 +176,6 @@ def _device(name: str) -> torch.device:
     from lmforge.train.distributed import resolve_device
 
     return resolve_device(name)
-
-
-class TimeBudget:
-    """`on_step` callback that keeps the step-based lr schedule in line with a time budget.
-
-    After every optimizer step it sets `max_steps` to the steps done plus the steps that fit in
-    the remaining time at the rate measured so far, so the schedule's progress follows the
-    fraction of the budget used even when the machine speeds up or slows down.
-    """
-
-    def __init__(self, seconds: float, *, min_steps: int = 5):
-        self.seconds, self.min_steps = seconds, min_steps
-
-    def __call__(self, trainer) -> None:
-        st = trainer.state
-        if st.step < self.min_steps or st.wall_seconds <= 0:
-            return
-        rate = st.wall_seconds / st.step
-        remaining = max(0.0, self.seconds - st.wall_seconds)
-        trainer.cfg.max_steps = max(st.step + 1, st.step + int(remaining / rate))
 
 
 def _seconds_per_step(cfg, data_dir: Path, meta: dict, train) -> float:

@@ -348,6 +348,10 @@ class CrossAttention(nn.Module):
 # Logits handled at once by `linear_cross_entropy_sum` (8 MB in fp32): small enough to stay in cache,
 # large enough for efficient matmuls (measured fastest of 2^20..2^22 on CPU, fp32 and bf16).
 CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 21
+# Below bf16/fp16 precision the logit gradients of all chunks are kept (up to this many bytes, at most
+# half of what the fp32 logits alone would take) so the weight gradient is one matmul, not a running
+# fp32 sum that costs a cast and an add of the whole (vocab, C) matrix per chunk.
+CROSS_ENTROPY_GRAD_BUFFER_BYTES = 512 << 20
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
@@ -374,7 +378,12 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             h, w = hidden.to(dtype), weight.to(dtype)
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(h) if need_h else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+            n, vocab = h.shape[0], w.shape[0]
+            keep_logit_grads = (need_w and dtype != torch.float32
+                                and n * vocab * h.element_size() <= CROSS_ENTROPY_GRAD_BUFFER_BYTES)
+            logit_grads = torch.empty((n, vocab), dtype=dtype, device=h.device) if keep_logit_grads else None
+            grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                      if need_w and not keep_logit_grads else None)
             for start in range(0, h.shape[0], rows):
                 hc, y = h[start:start + rows], labels[start:start + rows]
                 logits = (hc @ w.t()).float()  # (n, vocab)
@@ -386,14 +395,20 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                     # d loss / d logits = softmax - one_hot(label), zero on ignored rows.
                     g = logits.sub_(lse[:, None]).exp_()
                     g[torch.arange(len(y), device=y.device), y] -= 1.0
-                    g = g.mul_(valid[:, None]).to(dtype)
+                    g = g.mul_(valid[:, None])
+                    if keep_logit_grads:
+                        g = logit_grads[start:start + rows].copy_(g)
+                    else:
+                        g = g.to(dtype)
                     if need_h:
                         torch.mm(g, w, out=grad_h[start:start + rows])
-                    if need_w:
+                    if need_w and not keep_logit_grads:
                         if dtype == torch.float32:
                             grad_w.addmm_(g.t(), hc)  # in place: no (vocab, C) temporary per chunk
                         else:
                             grad_w += g.t() @ hc  # bf16 product, fp32 running sum
+            if keep_logit_grads:
+                grad_w = (logit_grads.t() @ h).float()
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total
