@@ -191,7 +191,15 @@ def load(run_dir: str | Path, *, device: str = "cpu"):
         raise CheckpointError(f"run directory {run_dir} does not exist", "pass the --out directory of a training run")
     from lmforge.infer.generate import prepare_for_inference
 
-    model = prepare_for_inference(load_model(run_dir, device=device))
+    model = load_model(run_dir, device=device)
+    if model.family == "task":  # a fine-tuned run: generation uses its (adapter-merged) language model
+        if model.config.head != "lm":
+            raise ConfigError(f"{run_dir} is a fine-tuned {model.config.task} model, which does not generate text",
+                              f"use `lmforge predict --model {run_dir}` or lmforge.pipeline")
+        from lmforge.train.peft import remove_lora
+
+        model = remove_lora(model.backbone) if model.config.lora else model.backbone
+    model = prepare_for_inference(model)
     tokenizer = Tokenizer.load(run_dir)
     return model, tokenizer
 
@@ -238,6 +246,84 @@ def compare(data: str, budget_seconds: float, out: str | Path, *, models=None, t
     from lmforge.eval.compare import DEFAULT_MODELS, compare as compare_models
 
     return compare_models(data, budget_seconds, out, models=models or DEFAULT_MODELS, tokenizer=tokenizer, **kwargs)
+
+
+# ---------------------------------------------------------------------- applications
+def finetune(task: str, *, data, model, out: str | Path, method=None, train: TrainConfig | None = None,
+             balance=None, augment=None, decode=None, resume: bool = False) -> dict:
+    """Fine-tune `model` (run directory, Hugging Face folder or preset) for `task` on `data`
+    (a `TaskDataConfig`, or a path to the training file); returns the summary with validation metrics."""
+    from lmforge.config import StartConfig, TaskDataConfig
+    from lmforge.tasks.finetune import finetune as run
+
+    data = TaskDataConfig(train=data) if isinstance(data, str) else data
+    model = StartConfig(init=model) if isinstance(model, str) else model
+    return run(task, data=data, model=model, out=out, method=method, train=train, balance=balance,
+               augment=augment, decode=decode, resume=resume)
+
+
+def predict(model: str | Path, input: str, *, output: str = "-", format: str | None = None,
+            batch_size: int = 32) -> int:
+    """Answers of a fine-tuned run for every example in `input` (a file, or - for stdin), one JSON
+    object per line in input order, to `output` (a file written atomically, or - for stdout)."""
+    import json
+    import sys
+    import tempfile
+
+    from lmforge.atomic import atomic_path
+    from lmforge.tasks.finetune import load_task_run
+
+    net, task = load_task_run(model)
+    if format:
+        task.data = replace(task.data, format=format)
+    elif task.data.format == "parallel":
+        task.data = replace(task.data, format="auto")
+    source = input
+    if input == "-":
+        tmp = tempfile.NamedTemporaryFile("w", suffix=_stdin_suffix(task), delete=False, encoding="utf-8")
+        tmp.write(sys.stdin.read())
+        tmp.close()
+        source = tmp.name
+    try:
+        examples = task.read(source, require_labels=False)
+        with torch.no_grad():
+            answers = task.predict(net, examples, batch_size=batch_size)
+    finally:
+        if input == "-":
+            Path(source).unlink(missing_ok=True)
+    lines = "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers)
+    if output == "-":
+        sys.stdout.write(lines)
+    else:
+        with atomic_path(Path(output)) as tmp_out:
+            Path(tmp_out).write_text(lines, encoding="utf-8")
+    return len(answers)
+
+
+def _stdin_suffix(task) -> str:
+    return {"squad": ".json", "alpaca": ".json", "jsonl": ".jsonl", "tsv": ".tsv", "csv": ".csv",
+            "conll": ".conll", "bmes": ".bmes"}.get(task.data.format, ".txt")
+
+
+PIPELINE_TASKS = {"sentiment-analysis": "classify", "text-classification": "classify", "classify": "classify",
+                  "ner": "ner", "token-classification": "ner", "question-answering": "qa", "qa": "qa",
+                  "translation": "translate", "translate": "translate", "summarization": "summarize",
+                  "summarize": "summarize", "text-generation": "chat", "chat": "chat"}
+
+
+def pipeline(task: str, model: str | Path, *, batch_size: int = 32):
+    """A callable that applies a fine-tuned run to plain Python inputs, like transformers' `pipeline`.
+
+    sentiment-analysis: str or list[str] -> {"label", "score"} (or a list); ner: str (words split on
+    spaces, characters for Chinese) or a token list -> [{"word"/"entity", ...}]; question-answering:
+    question=..., context=... -> {"answer", "score"}; translation/summarization: str -> str;
+    text-generation: an instruction -> the reply (a run tuned with `chat`, or any pretrained GPT run).
+    """
+    from lmforge.tasks.pipelines import build_pipeline
+
+    if task not in PIPELINE_TASKS:
+        raise ConfigError(f"unknown pipeline task {task!r}", "choose one of: " + ", ".join(sorted(PIPELINE_TASKS)))
+    return build_pipeline(PIPELINE_TASKS[task], model, batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------- the demo

@@ -15,7 +15,8 @@ from lmforge.config import DataConfig, ModelSpec, TrainConfig
 from lmforge.errors import LmforgeError
 
 # A bare `--data X` / `--model X` names the section's main field (`--data.path X`, `--model.preset X`).
-SECTION_SHORTHANDS = {"pretrain": {"--data": "--data.path", "--model": "--model.preset"}}
+SECTION_SHORTHANDS = {"pretrain": {"--data": "--data.path", "--model": "--model.preset"},
+                      "finetune": {"--data": "--data.train", "--model": "--model.init"}}
 
 
 def _parser(description: str) -> ArgumentParser:
@@ -63,6 +64,34 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     verbs.add_subcommand("pretrain", p, help="pretrain a model")
+
+    from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, StartConfig,
+                                TaskDataConfig)
+
+    p = _parser("Fine-tune a model for an application task (classify, ner, qa, translate, summarize, chat); "
+                "writes a run directory whose summary.json holds the validation metrics.")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML recipe (see configs/finetune/)")
+    p.add_argument("--task", required=True, help="classify, ner, qa, translate, summarize or chat")
+    p.add_class_arguments(TaskDataConfig, "data")
+    p.add_class_arguments(StartConfig, "model")
+    p.add_class_arguments(MethodConfig, "method")
+    p.add_class_arguments(TrainConfig, "train")
+    p.add_class_arguments(BalanceConfig, "balance")
+    p.add_class_arguments(AugmentConfig, "augment")
+    p.add_class_arguments(DecodeConfig, "decode")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    verbs.add_subcommand("finetune", p, help="fine-tune for an application")
+
+    p = _parser("Apply a fine-tuned run to examples; writes one JSON object per example, in input order.")
+    p.add_argument("--model", required=True, help="run directory written by `lmforge finetune`")
+    p.add_argument("--input", required=True, help="file in any format the task reads, or - for standard input")
+    p.add_argument("--format", default=None, help="input format (default: the one the run was trained on, "
+                                                  "else detected)")
+    p.add_argument("--target", default=None, help="parallel text: ignored target file (accepted for symmetry)")
+    p.add_argument("--output", default="-", help="JSONL file to write (- for standard output)")
+    p.add_argument("--batch_size", type=int, default=32)
+    verbs.add_subcommand("predict", p, help="predict with a fine-tuned model")
 
     p = _parser("Generate text from a trained run.")
     p.add_argument("--model", required=True, help="run directory")
@@ -156,6 +185,20 @@ def run(argv: list[str]) -> int:
         if summary.get("val_loss") is not None:
             ppl = f", val ppl {summary['val_ppl']:.2f}" if summary.get("val_ppl") is not None else ""
             print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}{ppl} -> {args.out}")
+    elif verb == "finetune":
+        sections = parser.instantiate(ns)[verb]
+        summary = api.finetune(args.task, data=sections.data, model=sections.model, method=sections.method,
+                               train=sections.train, balance=sections.balance, augment=sections.augment,
+                               decode=sections.decode, out=args.out, resume=args.resume)
+        metric = summary.get("main_metric")
+        shown = f", {metric} {summary[metric]:.4f}" if summary.get(metric) is not None else ""
+        print(f"done: {summary['steps']} steps, val loss {summary.get('val_loss') or float('nan'):.4f}{shown} "
+              f"-> {args.out}")
+    elif verb == "predict":
+        count = api.predict(args.model, args.input, output=args.output, format=args.format,
+                            batch_size=args.batch_size)
+        if args.output != "-":
+            print(f"wrote {count} predictions to {args.output}", file=sys.stderr)
     elif verb == "generate":
         from dataclasses import replace
 

@@ -140,6 +140,155 @@ class TrainConfig:
                "pass a positive number of evaluations")
 
 
+# ---------------------------------------------------------------- fine-tuning
+TASKS = ("classify", "ner", "qa", "translate", "summarize", "chat")
+METHODS = ("full", "lora", "frozen")
+
+
+@dataclass
+class TaskDataConfig:
+    """Where a task's examples come from and how they are read.
+
+    Relative paths are looked up in the current directory first, then under $LMFORGE_DATA_DIR,
+    so recipes can name shared datasets as `sst2/stsa.binary.train`.
+    """
+
+    train: str = ""
+    valid: str | None = None             # None: carve `val_fraction` of `train` (see `val_split`)
+    train_target: str | None = None      # parallel text: the line-aligned target file of `train`
+    valid_target: str | None = None
+    format: str = "auto"                 # label_text, tsv, csv, conll, bmes, squad, parallel, jsonl, json, alpaca
+    text_field: str | None = None
+    text_pair_field: str | None = None
+    label_field: str | None = None
+    source_field: str | None = None
+    target_field: str | None = None
+    columns: list[int] | None = None     # header-less TSV: column indices (text, label) or (source, target)
+    header: bool | None = None           # None: detect
+    tag_column: int = -1
+    encoding: str | None = None
+    val_fraction: float = 0.1
+    val_split: str = "tail"              # tail: last part of the file; hash: by md5 of the example's key
+    max_train_examples: int | None = None  # first N (after carving): quick runs on small machines
+    max_valid_examples: int | None = None
+    max_length: int = 128                # tokens per input (QA: per context window)
+    max_target_length: int = 64          # seq2seq and chat: tokens per target
+    doc_stride: int = 64                 # QA: overlap between windows of long contexts
+    tag_scheme: str = "IOB2"             # NER: IOB1, IOB2/BIO, BMES, BIOES
+    source_lang: str = "en"
+    target_lang: str = "auto"            # metrics tokenisation (zh -> sacrebleu's zh tokenizer)
+    prompt: str = ""                     # decoder-only seq2seq: text put before the source
+
+    def __post_init__(self):
+        _check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {self.val_fraction}",
+               "pass e.g. --data.val_fraction 0.1")
+        _check(self.val_split in ("tail", "hash"), f"data.val_split must be tail or hash, got {self.val_split!r}",
+               "pass --data.val_split tail")
+        for name in ("max_length", "max_target_length", "doc_stride"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"data.{name} must be a positive integer, got {v}",
+                   f"pass --data.{name} 128")
+        for name in ("max_train_examples", "max_valid_examples"):
+            v = getattr(self, name)
+            _check(v is None or (isinstance(v, int) and v > 0), f"data.{name} must be a positive integer, got {v}",
+                   f"pass --data.{name} 1000 or leave it unset")
+
+
+@dataclass
+class StartConfig:
+    """What fine-tuning starts from: `init` is an lmforge run directory, a Hugging Face model folder,
+    or a preset name (a fresh model, with a tokenizer trained on the task's own training text)."""
+
+    init: str = "bert-debug"
+    tokenizer: str | None = None         # fresh models: bpe, wordpiece, unigram or char (None: by family)
+    vocab_size: int = 8000
+    block_size: int | None = None        # fresh models: context length
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    intermediate_size: int | None = None
+    dropout: float | None = None
+    classifier_dropout: float = 0.1
+
+
+@dataclass
+class MethodConfig:
+    """How much of the model trains: all of it, all but frozen parts, or LoRA adapters."""
+
+    method: str = "full"
+    freeze_embeddings: bool = False      # full/frozen: keep the embedding tables fixed
+    freeze_layers: int = 0               # full/frozen: keep the first k blocks fixed
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None  # None: attention and MLP projections
+    layer_lr_decay: float | None = None  # discriminative rates: block i trains at lr * decay**(depth - i)
+    head_lr_scale: float = 1.0           # the task head's lr relative to train.lr
+
+    def __post_init__(self):
+        _check(self.method in METHODS, f"method.method must be one of {', '.join(METHODS)}, got {self.method!r}",
+               "pass --method.method full")
+        _check(self.freeze_layers >= 0, f"method.freeze_layers must be >= 0, got {self.freeze_layers}",
+               "pass --method.freeze_layers 0")
+        _check(self.lora_r > 0, f"method.lora_r must be positive, got {self.lora_r}", "pass --method.lora_r 8")
+        _check(self.layer_lr_decay is None or 0.0 < self.layer_lr_decay <= 1.0,
+               f"method.layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}", "pass e.g. 0.9 or leave unset")
+        _check(self.head_lr_scale > 0, f"method.head_lr_scale must be > 0, got {self.head_lr_scale}",
+               "pass e.g. --method.head_lr_scale 1.0")
+
+
+@dataclass
+class BalanceConfig:
+    """Class imbalance (classification): weighted loss and re-sampling of the training set."""
+
+    class_weights: bool = False          # loss weight of a class = n / (classes * count)
+    sampling: str = "none"               # none, over (repeat minority classes), under (drop majority examples)
+
+    def __post_init__(self):
+        _check(self.sampling in ("none", "over", "under"),
+               f"balance.sampling must be none, over or under, got {self.sampling!r}", "pass --balance.sampling none")
+
+
+@dataclass
+class AugmentConfig:
+    """Text augmentation of training examples (classification), each switch independent."""
+
+    copies: int = 0                      # augmented copies per training example (0 = off)
+    swap: float = 0.0                    # probability per word of swapping it with another
+    delete: float = 0.0                  # probability per word of dropping it
+    insert: float = 0.0                  # probability per word of inserting a synonym (or a copy) after it
+    synonyms: str | None = None          # lexicon file: one line per group, words separated by spaces/tabs
+    synonym_replace: float = 0.0         # probability per word with synonyms of replacing it
+    back_translation: str | None = None  # a fine-tuned translate run (source->pivot) ...
+    back_translation_return: str | None = None  # ... and one back (pivot->source)
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.copies >= 0, f"augment.copies must be >= 0, got {self.copies}", "pass --augment.copies 1")
+        for name in ("swap", "delete", "insert", "synonym_replace"):
+            v = getattr(self, name)
+            _check(0.0 <= v <= 1.0, f"augment.{name} must be in [0, 1], got {v}", f"pass --augment.{name} 0.1")
+
+
+@dataclass
+class DecodeConfig:
+    """Generation settings for seq2seq and chat evaluation and prediction."""
+
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    length_penalty: float = 1.0
+    temperature: float = 0.0             # 0 = greedy / beam; > 0 samples
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.num_beams >= 1, f"decode.num_beams must be >= 1, got {self.num_beams}", "pass --decode.num_beams 4")
+        _check(self.max_new_tokens >= 1, f"decode.max_new_tokens must be >= 1, got {self.max_new_tokens}",
+               "pass --decode.max_new_tokens 64")
+
+
 def to_yaml(sections: dict) -> str:
     """Serialise a mapping of section name -> dataclass (or plain value) as a YAML recipe."""
     plain = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in sections.items()}

@@ -188,6 +188,11 @@ class Bert(nn.Module):
             x = block(x, mask=mask)
         return x
 
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, C) for task heads (padding anywhere, marked by `attention_mask`)."""
+        return self(input_ids, token_type_ids, attention_mask)
+
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """Sequence summary (B, C): tanh(dense(hidden state of the first token, [CLS]))."""
         return torch.tanh(self.pooler(hidden[:, 0]))

@@ -129,7 +129,8 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, kv_cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                last_only: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
+                last_only: bool = False, labels: torch.Tensor | None = None,
+                return_hidden: bool = False) -> torch.Tensor:
         """Logits (B, T, vocab) for `input_ids` (B, T).
 
         With `kv_cache`, the tokens continue the cached ones (the caller advances the cache).
@@ -137,6 +138,7 @@ class GPT(nn.Module):
         `last_only` computes logits for the final position only, which is all decoding needs.
         With `labels` (B, T), the target of each position (-100 = none), returns instead the fp32 sum of
         the cross-entropy over the targets, without ever holding the (B, T, vocab) logits.
+        `return_hidden` returns the final hidden states (B, T, C) instead of logits.
         """
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -162,11 +164,18 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, mask=mask, kv_cache=kv_cache, layer_idx=i)
         x = self.ln_f(x)
+        if return_hidden:
+            return x
         if labels is not None:
             return linear_cross_entropy_sum(x.reshape(B * T, -1), self.lm_head.weight, labels.reshape(B * T))
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x)
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) for task heads. Rows are right-padded: causal attention keeps
+        every real token blind to the pads after it, so `attention_mask` is not needed."""
+        return self(input_ids, return_hidden=True)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None, *, dtype=None, device=None) -> KVCache:
         cfg = self.config

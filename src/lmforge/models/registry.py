@@ -13,10 +13,10 @@ import torch.nn as nn
 
 from lmforge.atomic import save_safetensors_atomic, write_json_atomic
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.models import bert, gpt, ngram, rnn, t5
+from lmforge.models import bert, gpt, heads, ngram, rnn, t5
 
 # Each family module defines its config class, model class and named presets.
-FAMILY_MODULES = (gpt, rnn, t5, bert, ngram)
+FAMILY_MODULES = (gpt, rnn, t5, bert, ngram, heads)
 
 FAMILIES: dict[str, tuple[type, type]] = {m.FAMILY: (m.CONFIG, m.MODEL) for m in FAMILY_MODULES}
 PRESETS: dict[str, tuple[str, dict]] = {name: (m.FAMILY, values) for m in FAMILY_MODULES

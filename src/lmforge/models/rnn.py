@@ -138,8 +138,8 @@ class RNNLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, kv_cache: RNNState | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
-        """Logits (B, T, vocab) for `input_ids` (B, T).
+                last_only: bool = False, return_hidden: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab) for `input_ids` (B, T); the recurrent outputs (B, T, hidden) with `return_hidden`.
 
         With `kv_cache` (an `RNNState` from `new_kv_cache`), the tokens continue from its state
         and the state after them is staged for the caller's `advance`. `attention_mask` (B, S)
@@ -162,6 +162,8 @@ class RNNLM(nn.Module):
             out, new_state = self._run_left_padded(x, state, pads)
         if kv_cache is not None:
             kv_cache.update(new_state)
+        if return_hidden:
+            return out
         if last_only:
             out = out[:, -1:]
         return self.lm_head(self.drop(out))
@@ -182,6 +184,10 @@ class RNNLM(nn.Module):
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, hidden), zeros after length
         back = ((t - pads[:, None]) % T)[..., None]
         return out.gather(1, back.expand(B, T, out.shape[-1])), new_state
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Recurrent outputs (B, T, hidden) for task heads; right padding never reaches earlier positions."""
+        return self(input_ids, return_hidden=True)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None, *, dtype=None, device=None) -> RNNState:
         cfg, ref = self.config, self.lm_head.weight

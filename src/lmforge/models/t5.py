@@ -271,6 +271,10 @@ class T5(nn.Module):
         """Encoder hidden states (B, S, C); `attention_mask` (B, S) marks real tokens (padding anywhere)."""
         return self.encoder(self.embed(input_ids), padding=attention_mask)
 
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder hidden states (B, S, C) for task heads."""
+        return self.encode(input_ids, attention_mask)
+
     def project_memory(self, encoder_hidden: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each decoder layer's cross-attention keys/values (B, nh, S, hs) of the encoder output."""
         return [block.cross_attn.project_memory(encoder_hidden) for block in self.decoder.blocks]

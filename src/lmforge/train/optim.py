@@ -11,16 +11,26 @@ from lmforge.config import TrainConfig
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay only matrices that are not embeddings: norms, biases and embedding tables are left alone,
-    since shrinking them towards zero hurts rather than regularises."""
-    decay, no_decay, seen = [], [], set()
+    since shrinking them towards zero hurts rather than regularises.
+
+    A model may scale the learning rate of some parameters (discriminative fine-tuning: lower rates
+    for lower layers) with a method `lr_scale_for(parameter_name) -> float`; each group then carries
+    its `lr_scale`, which `set_lr` applies on every step.
+    """
+    scale_of = getattr(model, "lr_scale_for", None)
+    groups: dict[tuple[bool, float], list] = {}
+    seen = set()
     embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 and id(p) not in embedding_params else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        decays = p.dim() >= 2 and id(p) not in embedding_params
+        scale = float(scale_of(name)) if scale_of is not None else 1.0
+        groups.setdefault((decays, scale), []).append(p)
+    ordered = sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+            for (decays, scale), params in ordered]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, *, device_type: str = "cpu") -> torch.optim.Optimizer:
@@ -71,4 +81,4 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
