@@ -22,6 +22,15 @@ class ClassificationTask(Task):
     reader_task = "classify"
     main_metric = "accuracy"
 
+    def read(self, path, *, target_path=None, require_labels=True):
+        examples = super().read(path, target_path=target_path, require_labels=require_labels)
+        sep = self.data.label_split
+        if sep:
+            for e in examples:
+                if e.get("label") is not None:
+                    e["label"] = str(e["label"]).split(sep, 1)[0]
+        return examples
+
     def fit_labels(self, examples):
         labels = sorted({str(e["label"]) for e in examples if e.get("label") is not None}, key=_natural)
         if len(labels) < 2:
