@@ -128,3 +128,28 @@ def test_existing_run_directory_needs_resume(trained):
 def test_resume_without_checkpoints(tmp_path):
     assert_user_error(lmforge("pretrain", "--data", "python-docs", "--out", tmp_path / "none", "--resume"),
                       "nothing to resume")
+
+
+def test_pretrain_init_from_continues_from_the_runs_weights_and_tokenizer(trained, corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    other = tmp_path / "other.txt"
+    other.write_text("All the world's a stage, and all the men and women merely players.\n" * 60)
+    run = tmp_path / "continued"
+    r = lmforge("pretrain", "--data", other, "--init_from", trained, "--train.max_steps", "1", "--train.lr", "1e-12",
+                "--train.warmup_steps", "0", "--train.batch_size", "4", "--train.seq_len", "64",
+                "--train.progress", "false", "--out", run)
+    assert r.returncode == 0, r.stderr
+    assert (run / "tokenizer.json").read_text() == (trained / "tokenizer.json").read_text()
+    assert json.loads((run / "config.json").read_text()) == json.loads((trained / "config.json").read_text())
+    before, after = load_file(str(trained / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert before.keys() == after.keys()
+    for key in before:  # one step at lr 1e-12 leaves the weights where the first run ended
+        assert (before[key] - after[key]).abs().max() < 1e-6, key
+    assert json.loads((run / "summary.json").read_text())["steps"] == 1
+
+
+def test_pretrain_init_from_a_missing_folder(corpus, tmp_path):
+    assert_user_error(lmforge("pretrain", "--data", corpus / "corpus.txt", "--init_from", tmp_path / "nope",
+                              "--out", tmp_path / "r"), "nope")
+    assert not (tmp_path / "r").exists()

@@ -49,12 +49,16 @@ def _is_prepared(path: str) -> bool:
 # ---------------------------------------------------------------------- training
 def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: str | Path,
              train: TrainConfig | None = None, objective: str | None = None, resume: bool = False,
-             on_step=None) -> dict:
+             on_step=None, init_from: str | Path | None = None) -> dict:
     """Train a language model from scratch (or `resume` one) and write a complete run directory.
 
     `data` is a prepared dataset directory, or any source `prepare` accepts (then it is prepared
     into `out/data` first). `objective` defaults to the model family's own (next-token prediction
     for decoders). Works unchanged under `torchrun --nproc_per_node N`.
+
+    `init_from` continues pretraining from the weights of another run (or a Hugging Face model
+    folder) instead of a fresh model, e.g. to adapt a model to a new domain: its config and
+    tokenizer are used (the model preset is ignored), and raw data is tokenized with its tokenizer.
     """
     from lmforge.data.shards import load_dataset_meta, open_tokens
     from lmforge.data.tokenizers import Tokenizer
@@ -66,7 +70,9 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
     spec = ModelSpec(preset=model) if isinstance(model, str) else model
     train = train or TrainConfig()
     run_dir = Path(out)
-    family = preset_config(spec.preset).to_dict()["family"]  # unknown presets fail before anything is written
+    start = _load_init(init_from) if init_from is not None else None
+    family = (start[0].family if start is not None
+              else preset_config(spec.preset).to_dict()["family"])  # unknown presets fail before anything is written
     objective = build_objective(objective, family)  # and so do objectives that do not fit the model
     dist = init_distributed(train.device)
     _check_run_dir(run_dir, resume)
@@ -77,13 +83,27 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
         data_dir = Path(data.path) if _is_prepared(data.path) else run_dir / "data"
         if not _is_prepared(str(data_dir)):
             if dist.is_main:
-                prepare(data.path, data_dir, tokenizer=data.tokenizer or objective.default_tokenizer,
-                        vocab_size=data.vocab_size,
-                        val_fraction=data.val_fraction, seed=train.seed, text_field=data.text_field,
-                        clean=data.clean, progress=train.progress, extra_ids=objective.extra_ids)
+                if start is not None:
+                    from lmforge.data.shards import prepare_dataset
+
+                    prepare_dataset(data.path, data_dir, tokenizer_path=str(start[2]), val_fraction=data.val_fraction,
+                                    seed=train.seed, text_field=data.text_field, clean=data.clean,
+                                    progress=train.progress)
+                else:
+                    prepare(data.path, data_dir, tokenizer=data.tokenizer or objective.default_tokenizer,
+                            vocab_size=data.vocab_size,
+                            val_fraction=data.val_fraction, seed=train.seed, text_field=data.text_field,
+                            clean=data.clean, progress=train.progress, extra_ids=objective.extra_ids)
             broadcast_object(None, dist)  # other ranks wait for the shards
         meta = load_dataset_meta(data_dir)
-        cfg = _model_config(spec, meta)
+        if start is not None:
+            cfg = start[0].config
+            if meta["vocab_size"] > cfg.vocab_size:
+                raise DataError(f"{data_dir} was tokenized with {meta['vocab_size']:,} ids but the model in "
+                                f"{init_from} has {cfg.vocab_size:,}",
+                                f"pass raw data so it is tokenized with {init_from}'s tokenizer")
+        else:
+            cfg = _model_config(spec, meta)
         seq_len = train.seq_len or cfg.block_size
         if seq_len > cfg.block_size:
             raise ConfigError(f"train.seq_len ({seq_len}) is larger than the model's context length ({cfg.block_size})",
@@ -97,13 +117,14 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
             raise DataError(f"validation split has {len(val_tokens)} tokens, fewer than one context of {seq_len}",
                             "use more data, a larger --data.val_fraction or a smaller --train.seq_len")
         torch.manual_seed(train.seed)
-        net = build_model(cfg)
+        net = start[0].train() if start is not None else build_model(cfg)
         objective.prepare_model(net)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / "config.yaml", to_yaml({
                 "data": replace(data, path=str(data_dir), tokenizer=meta.get("tokenizer", data.tokenizer)),
-                "model": _resolved_spec(spec, cfg), "train": train}))
+                "model": _resolved_spec(spec, cfg), "train": train,
+                **({"init_from": str(init_from)} if init_from is not None else {})}))
             shutil.copyfile(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
         evaluate = _val_evaluator(objective, val_tokens, seq_len, train.batch_size, train.eval_batches, meta, tokenizer)
         if family == "ngram":  # count-based: fitted in one pass over the training tokens, not by the trainer
@@ -127,6 +148,31 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
         raise
     finally:
         shutdown_distributed()
+
+
+def _load_init(path: str | Path):
+    """(model, tokenizer, tokenizer.json path) of the run or Hugging Face folder pretraining continues from."""
+    from lmforge.data.tokenizers import Tokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not a model folder (no config.json)",
+                              "pass --init_from a run directory or a Hugging Face model folder")
+    if not (path / "tokenizer.json").is_file():
+        raise CheckpointError(f"{path} has no tokenizer.json", "continue from a folder that has its tokenizer")
+    import json
+
+    if "family" in json.loads((path / "config.json").read_text()):
+        model = load_model(path)
+        if model.family == "task":
+            from lmforge.train.peft import remove_lora
+
+            model = remove_lora(model.backbone) if model.config.lora else model.backbone
+        return model, Tokenizer.load(path), path / "tokenizer.json"
+    from lmforge.interop.hf import import_hf
+
+    model, tokenizer = import_hf(path)
+    return model, tokenizer, path / "tokenizer.json"
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:

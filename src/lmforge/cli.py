@@ -63,6 +63,9 @@ def build_parser() -> ArgumentParser:
                         "BERT also takes mlm+nsp and mlm+sop)")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--init_from", type=str | None, default=None,
+                   help="start from this run's (or Hugging Face folder's) weights, config and tokenizer instead "
+                        "of a fresh --model preset (continued / domain-adaptive pretraining)")
     verbs.add_subcommand("pretrain", p, help="pretrain a model")
 
     from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, StartConfig,
@@ -181,7 +184,7 @@ def run(argv: list[str]) -> int:
     elif verb == "pretrain":
         sections = parser.instantiate(ns)[verb]
         summary = api.pretrain(sections.data, sections.model, out=args.out, train=sections.train,
-                               objective=args.objective, resume=args.resume)
+                               objective=args.objective, resume=args.resume, init_from=args.init_from)
         if summary.get("val_loss") is not None:
             ppl = f", val ppl {summary['val_ppl']:.2f}" if summary.get("val_ppl") is not None else ""
             print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}{ppl} -> {args.out}")
