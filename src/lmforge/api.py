@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from lmforge.atomic import write_json_atomic, write_text_atomic
-from lmforge.config import DataConfig, ModelSpec, TrainConfig, to_yaml
+from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, MethodConfig, ModelSpec,  # noqa: F401
+                            StartConfig, TaskDataConfig, TrainConfig, to_yaml)
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.models.registry import build_model, load_model, preset_config
 from lmforge.train.budget import TimeBudget
