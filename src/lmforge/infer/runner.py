@@ -1,0 +1,95 @@
+"""Executing one scheduled step: batched forward passes over the slot cache, then sampling.
+
+Every scheduled row brings some new tokens (a whole prompt, a chunk of one, or the single token a
+decoding request sampled last step) on top of what its slot already caches. Rows are right-aligned
+into one (B, T) batch; the slot cache view supplies per-row positions, per-row cache lengths and
+the padding mask, so prefills and decodes of different requests share a single forward pass.
+Padding a batch to its longest row costs compute, so when the prefills are long compared with
+the decodes (padded tokens more than `max_padding_ratio` times the real ones) the decodes run as
+one forward pass and the prefills as another. All decodes always run together.
+
+Each row that reaches its last token gets a next token sampled with its own request's parameters
+and its own seeded generator, so a seeded request draws the same tokens whatever else is batched
+with it. Greedy rows without a repetition penalty share one batched argmax.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from lmforge.infer.kv_cache import SlotKVCache
+from lmforge.infer.sampling import apply_repetition_penalty, sample_next
+from lmforge.infer.scheduler import ScheduledRequest, SchedulerOutput
+
+
+class ModelRunner:
+    """Runs a decoder model over a `SlotKVCache` for the work one `schedule()` returns."""
+
+    def __init__(self, model: nn.Module, cache: SlotKVCache, *, pad_id: int = 0, max_padding_ratio: float = 2.0):
+        self.model = model
+        self.cache = cache
+        self.pad_id = pad_id
+        self.max_padding_ratio = max_padding_ratio
+        self.num_forwards = 0
+
+    def execute(self, work: SchedulerOutput) -> dict[str, int]:
+        """Compute the scheduled tokens into the cache; return the sampled token of each row that
+        reached its last token, by request id. Request bookkeeping is left to the caller."""
+        if not work:
+            return {}
+        rows: list[ScheduledRequest] = []
+        logits: list[torch.Tensor] = []
+        with torch.inference_mode():
+            for group in self._groups(work.scheduled):
+                out = self._forward(group)
+                for row, item in enumerate(group):
+                    if item.samples:
+                        rows.append(item)
+                        logits.append(out[row])
+            if not rows:
+                return {}
+            tokens = self._sample([item.request for item in rows], torch.stack(logits))
+        return {item.request.request_id: tok for item, tok in zip(rows, tokens)}
+
+    def _groups(self, items: list[ScheduledRequest]) -> list[list[ScheduledRequest]]:
+        real = sum(i.num_tokens for i in items)
+        padded = len(items) * max(i.num_tokens for i in items)
+        if padded <= self.max_padding_ratio * real:
+            return [items]
+        decodes = [i for i in items if not i.request.is_prefill]
+        prefills = [i for i in items if i.request.is_prefill]
+        return [g for g in (decodes, prefills) if g]
+
+    def _forward(self, group: list[ScheduledRequest]) -> torch.Tensor:
+        """Last-position logits (B, vocab) of one right-aligned batch; commits the cache."""
+        view = self.cache.batch([i.request.slot for i in group], [i.num_tokens for i in group])
+        T = view.width
+        ids = torch.full((len(group), T), self.pad_id, dtype=torch.long)
+        for row, item in enumerate(group):
+            ids[row, T - item.num_tokens:] = torch.tensor(item.request.next_input(item.num_tokens))
+        ids = ids.to(self.cache.device)
+        logits = self.model(ids, kv_cache=view, attention_mask=view.attention_mask, position_ids=view.position_ids,
+                            last_only=True)
+        self.cache.commit(view)
+        self.num_forwards += 1
+        return logits[:, -1]
+
+    def _sample(self, requests: list, logits: torch.Tensor) -> list[int]:
+        out: list[int | None] = [None] * len(requests)
+        plain_greedy = [i for i, r in enumerate(requests)
+                        if r.params.temperature == 0 and r.params.repetition_penalty == 1.0]
+        if plain_greedy:
+            picked = logits[plain_greedy].argmax(dim=-1).tolist()
+            for i, tok in zip(plain_greedy, picked):
+                out[i] = tok
+        for i, r in enumerate(requests):
+            if out[i] is not None:
+                continue
+            p = r.params
+            scores = logits[i:i + 1]
+            if p.repetition_penalty != 1.0:
+                history = torch.tensor([r.token_ids()], dtype=torch.long, device=scores.device)
+                scores = apply_repetition_penalty(scores, history, p.repetition_penalty)
+            out[i] = int(sample_next(scores, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                                     generator=r.generator))
+        return out
