@@ -404,3 +404,22 @@ def demo(out: str | Path = "runs/demo", *, max_seconds: float = 150.0, overwrite
     summary["samples"] = {p: s[0] for p, s in zip(DEMO_PROMPTS, samples)}
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+# ---------------------------------------------------------------------- serving
+def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_keys=(), task_models=None,
+          max_slots: int = 16, log_level: str = "info", **limits) -> None:
+    """Serve the decoder run `model` over HTTP until interrupted: OpenAI-compatible completions and chat
+    completions, the task runs in `task_models` ({"classify": RUN, ...}) and a web playground at `/`.
+
+    `limits` go to `lmforge.serve.app.create_app` (max_prompt_tokens, max_tokens_limit, max_body_bytes,
+    max_concurrent, request_timeout, max_num_batched_tokens, model_name)."""
+    import uvicorn
+
+    from lmforge.serve.app import create_app
+
+    app = create_app(model, api_keys=tuple(api_keys or ()), task_models=task_models, max_slots=max_slots, **limits)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_keys:
+        print(f"warning: serving on {host} without an API key: anyone who can reach this port can use the model",
+              flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -109,6 +109,31 @@ def build_parser() -> ArgumentParser:
     _sampling_arguments(p)
     verbs.add_subcommand("chat", p, help="interactive chat loop")
 
+    p = _parser("Serve a trained run over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions, "
+                "task routes for fine-tuned runs, /health, /metrics and a web playground at /.")
+    p.add_argument("--model", required=True, help="run directory of the decoder (GPT-family) model to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api_key", action="append", default=None,
+                   help="accept only requests with Authorization: Bearer KEY (repeat for several keys; "
+                        "default: the comma-separated keys in $LMFORGE_API_KEYS, else none)")
+    p.add_argument("--task_model", action="append", default=[],
+                   help="NAME=RUN: also serve a fine-tuned run at /v1/NAME (classify, ner, qa, translate, "
+                        "summarize); repeat for several")
+    p.add_argument("--max_slots", type=int, default=16, help="requests generated at once")
+    p.add_argument("--max_num_batched_tokens", type=int | None, default=None,
+                   help="tokens computed per engine step (default: max(512, max_slots))")
+    p.add_argument("--max_prompt_tokens", type=int | None, default=None,
+                   help="longest prompt accepted, in tokens (default: the context length less one)")
+    p.add_argument("--max_tokens_limit", type=int, default=512, help="largest max_tokens a request may ask for")
+    p.add_argument("--max_body_bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
+    p.add_argument("--max_concurrent", type=int, default=64, help="requests in progress at once (429 beyond)")
+    p.add_argument("--request_timeout", type=float, default=300.0, help="seconds per request (504 beyond)")
+    p.add_argument("--model_name", type=str | None, default=None,
+                   help="model id clients pass (default: the run directory's name)")
+    p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    verbs.add_subcommand("serve", p, help="serve a model over HTTP (OpenAI-compatible API and playground)")
+
     p = _parser("Run the built-in end-to-end demo (no network, CPU, a few minutes).")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--max_seconds", type=float, default=150.0, help="training time budget")
@@ -227,6 +252,14 @@ def run(argv: list[str]) -> int:
 
         model, tokenizer = api.load(args.model)
         chat_loop(model, tokenizer, _params(_sampling_from(args)), system=args.system)
+    elif verb == "serve":
+        keys = args.api_key or [k for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k.strip()]
+        api.serve(args.model, host=args.host, port=args.port, api_keys=[k.strip() for k in keys],
+                  task_models=_task_models(args.task_model), max_slots=args.max_slots, log_level=args.log_level,
+                  max_num_batched_tokens=args.max_num_batched_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                  max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
+                  max_concurrent=args.max_concurrent, request_timeout=args.request_timeout,
+                  model_name=args.model_name)
     elif verb == "demo":
         api.demo(args.out, max_seconds=args.max_seconds)
     elif verb == "compare":
@@ -253,6 +286,19 @@ def run(argv: list[str]) -> int:
         result = api.evaluate_perplexity(q.model, q.data, stride=q.stride, batch_size=q.batch_size)
         print(json.dumps(result))
     return 0
+
+
+def _task_models(pairs: list[str]) -> dict[str, str]:
+    from lmforge.errors import ConfigError
+
+    out = {}
+    for pair in pairs or []:
+        name, eq, run_dir = pair.partition("=")
+        if not eq or not name.strip() or not run_dir.strip():
+            raise ConfigError(f"--task_model {pair!r} is not NAME=RUN",
+                              "pass e.g. --task_model classify=runs/sentiment")
+        out[name.strip()] = run_dir.strip()
+    return out
 
 
 def _sampling_from(args) -> dict:

@@ -250,8 +250,11 @@ def finetune(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | 
                                            world_size=dist.world_size)
         eval_batch = max(train.batch_size, 16)
 
+        last_eval: dict = {}
+
         def evaluate(m):
             figures = task_obj.evaluate(m, valid_examples, valid_features, batch_size=eval_batch)
+            last_eval.update(figures=figures, step=trainer.state.step)
             return {k: v for k, v in figures.items() if isinstance(v, (int, float))}
 
         if dist.is_main:
@@ -265,8 +268,11 @@ def finetune(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | 
         summary = trainer.fit(resume=resume)
         if dist.is_main:
             net.eval()
-            with torch.no_grad():
-                figures = task_obj.evaluate(net, valid_examples, valid_features, batch_size=eval_batch)
+            if last_eval.get("step") == trainer.state.step and "figures" in last_eval:
+                figures = last_eval["figures"]  # the trainer just evaluated these very weights
+            else:
+                with torch.no_grad():
+                    figures = task_obj.evaluate(net, valid_examples, valid_features, batch_size=eval_batch)
             task_obj.write_plots(figures, run_dir)
             if net.config.lora:
                 _write_adapter(net, run_dir)
