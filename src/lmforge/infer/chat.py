@@ -9,8 +9,12 @@ The transcript uses a plain-text template that any causal LM can continue:
     User: ...
     Assistant:
 
-The reply ends where the model starts the next user turn ("\\nUser:"). When the
-transcript no longer fits the context, the oldest turns are dropped first.
+The reply ends where the model starts the next user turn ("\\nUser:") or at end-of-text. When
+the transcript no longer fits the context, the oldest turns are dropped first.
+
+Instruction tuning (`lmforge finetune --task chat`) trains on single exchanges laid out by
+`format_exchange`, i.e. exactly the prompt this loop builds followed by the reply and
+end-of-text, so a tuned model answers here as it was taught.
 """
 from __future__ import annotations
 
@@ -37,6 +41,18 @@ def format_transcript(turns: list[tuple[str, str]], user: str, system: str | Non
     return "".join(parts)
 
 
+def user_message(instruction: str, input: str = "") -> str:
+    """One user turn from an instruction and its optional input (Alpaca-style data): the two on separate lines."""
+    instruction, input = instruction.strip(), (input or "").strip()
+    return f"{instruction}\n{input}" if input and instruction else (instruction or input)
+
+
+def format_exchange(user: str, reply: str, system: str | None = None) -> tuple[str, str]:
+    """(prompt, reply text) of a single exchange: the prompt for `user` as `format_transcript` builds it, and
+    the reply as it follows "Assistant:" in a transcript (leading space, surrounding whitespace stripped)."""
+    return format_transcript([], user, system), f" {reply.strip()}"
+
+
 def fit_prompt(tokenizer, turns: list[tuple[str, str]], user: str, system: str | None, budget: int) -> list[int]:
     """Token ids of the transcript, dropping the oldest turns (and then the system text) to fit `budget`.
 
@@ -55,6 +71,11 @@ def fit_prompt(tokenizer, turns: list[tuple[str, str]], user: str, system: str |
             return ids[-budget:]
 
 
+def prompt_budget(block_size: int, max_new_tokens: int) -> int:
+    """Tokens a prompt may take: the context less room for the reply (never more than half the context)."""
+    return block_size - min(max_new_tokens, block_size // 2)
+
+
 def chat_loop(model: nn.Module, tokenizer, params: SamplingParams, *, input_fn: Callable[[str], str] = input,
               output: TextIO = sys.stdout, system: str | None = None) -> list[tuple[str, str]]:
     """Read user messages with `input_fn`, stream replies to `output`; return the conversation.
@@ -62,9 +83,7 @@ def chat_loop(model: nn.Module, tokenizer, params: SamplingParams, *, input_fn: 
     Ends on EOF (Ctrl-D), Ctrl-C at the prompt, "/exit" or "/quit"; "/reset" forgets the conversation.
     """
     params = replace(params, num_samples=1, stop=list(dict.fromkeys([*params.stop, TURN_STOP])))
-    block = model.config.block_size
-    # Leave room for a reply: the requested length, but never more than half the context.
-    budget = block - min(params.max_new_tokens, block // 2)
+    budget = prompt_budget(model.config.block_size, params.max_new_tokens)
     turns: list[tuple[str, str]] = []
     output.write(f"({COMMANDS})\n")
     output.flush()
