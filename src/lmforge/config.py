@@ -284,8 +284,11 @@ class DecodeConfig:
     top_p: float | None = None
     repetition_penalty: float = 1.0
     seed: int = 0
+    eval_examples: int | None = None     # validation examples generated for the metrics (None: the task's default)
 
     def __post_init__(self):
+        _check(self.eval_examples is None or self.eval_examples >= 1,
+               f"decode.eval_examples must be >= 1, got {self.eval_examples}", "pass e.g. --decode.eval_examples 100")
         _check(self.num_beams >= 1, f"decode.num_beams must be >= 1, got {self.num_beams}", "pass --decode.num_beams 4")
         _check(self.max_new_tokens >= 1, f"decode.max_new_tokens must be >= 1, got {self.max_new_tokens}",
                "pass --decode.max_new_tokens 64")

@@ -12,7 +12,7 @@ Examples longer than ``data.max_length`` (or the model's context) keep the end o
 chat loop does for a too-long message, and at least half the length for the reply.
 
 Reports ``val_loss`` / ``val_ppl`` (per reply token) and ROUGE-1/2/L of greedy replies against the
-references on the first ``eval_generate_limit`` (default 50) validation examples; ROUGE-L is the
+references on the first ``decode.eval_examples`` (default 50) validation examples; ROUGE-L is the
 main figure. `predict` answers ``{"output": reply}``; replies end at end-of-text or at the next
 "User:" turn.
 """
@@ -105,7 +105,7 @@ class ChatTask(Task):
 
         val_loss = self.eval_loss(model, features, batch_size) if features else float("nan")
         figures = {"val_loss": val_loss, "val_ppl": val_loss if math.isnan(val_loss) else math.exp(min(val_loss, 50.0))}
-        limit = int(self.extra.get("eval_generate_limit", DEFAULT_GENERATE_LIMIT))
+        limit = int(self.settings.decode.eval_examples or self.extra.get("eval_generate_limit", DEFAULT_GENERATE_LIMIT))
         scored = [e for e in examples if (e.get("output") or "").strip()][:limit]
         if scored:
             replies = [a["output"] for a in self.predict(model, scored, batch_size=batch_size)]

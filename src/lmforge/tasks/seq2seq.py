@@ -10,7 +10,7 @@ Inputs per family:
   its closing `<eos>` carry loss; the prompt and source are context.
 
 The loss term `lm` is summed over target tokens. Evaluation reports the validation loss per target
-token, then generates for `eval_generate_limit` (200) validation examples spread evenly over the set
+token, then generates for `decode.eval_examples` (200) validation examples spread evenly over the set
 (all of them when there are fewer) with the `decode.*` settings (T5: greedy or beam search; GPT:
 greedy or sampling) and scores them against the references: translation with BLEU and chrF
 (sacrebleu; `data.target_lang` zh, or auto-detected Chinese, uses its zh tokenizer), summarization
@@ -164,7 +164,7 @@ class Seq2SeqTask(Task):
     def evaluate(self, model, examples, features, *, batch_size):
         val_loss = self.eval_loss(model, features, batch_size) if features else float("nan")
         scored = generation_subset([e for e in examples if e.get("target") is not None],
-                                   int(self.extra.get("eval_generate_limit", EVAL_GENERATE_LIMIT)))
+                                   int(self.settings.decode.eval_examples or self.extra.get("eval_generate_limit", EVAL_GENERATE_LIMIT)))
         figures = {"val_loss": val_loss, "generated_examples": len(scored)}
         if scored:
             predictions = self.generate_texts(model, scored, batch_size=batch_size)
