@@ -8,7 +8,9 @@ from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError
 from lmforge.models.registry import preset_config
 
-RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml"))
+CONFIGS = Path(__file__).resolve().parents[1].joinpath("configs")
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if "finetune" not in p.parts)
+FINETUNE_RECIPES = sorted(CONFIGS.joinpath("finetune").glob("*.yaml"))
 
 
 def parse(*argv):
@@ -22,6 +24,24 @@ def test_every_recipe_parses_and_names_a_real_preset(recipe):
     sections = parse("pretrain", "--config", str(recipe), "--out", "unused")
     assert isinstance(sections.train, TrainConfig)
     preset_config(sections.model.preset, **sections.model.overrides())
+
+
+@pytest.mark.parametrize("recipe", FINETUNE_RECIPES, ids=lambda p: p.name)
+def test_every_finetune_recipe_parses_and_starts_from_something_real(recipe):
+    from lmforge.config import TASKS
+    from lmforge.tasks.finetune import resolve_model_path, task_class
+
+    import yaml
+
+    task = yaml.safe_load(recipe.read_text())["task"]
+    sections = parse("finetune", "--config", str(recipe), "--out", "unused")
+    assert task in TASKS and task_class(task).name == task
+    assert isinstance(sections.train, TrainConfig) and sections.data.train
+    init = sections.model.init
+    if init.startswith("pkg:"):
+        assert resolve_model_path(init).is_dir()
+    else:
+        preset_config(init)
 
 
 def test_cli_overrides_win_over_recipe_and_dashes_work():
