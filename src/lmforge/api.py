@@ -362,7 +362,8 @@ def pipeline(task: str, model: str | Path, *, batch_size: int = 32):
     """A callable that applies a fine-tuned run to plain Python inputs, like transformers' `pipeline`.
 
     sentiment-analysis: str or list[str] -> {"label", "score"} (or a list); ner: str (words split on
-    spaces, characters for Chinese) or a token list -> [{"word"/"entity", ...}]; question-answering:
+    spaces, characters for Chinese) or a token list -> {"tokens", "tags", "entities": [{"type", "start",
+    "end", "text"}]}; question-answering:
     question=..., context=... -> {"answer", "score"}; translation/summarization: str -> str;
     text-generation: an instruction -> the reply (a run tuned with `chat`, or any pretrained GPT run).
     """
