@@ -300,7 +300,6 @@ def finetune(task: str, *, data, model, out: str | Path, method=None, train: Tra
              balance=None, augment=None, decode=None, resume: bool = False) -> dict:
     """Fine-tune `model` (run directory, Hugging Face folder or preset) for `task` on `data`
     (a `TaskDataConfig`, or a path to the training file); returns the summary with validation metrics."""
-    from lmforge.config import StartConfig, TaskDataConfig
     from lmforge.tasks.finetune import finetune as run
 
     data = TaskDataConfig(train=data) if isinstance(data, str) else data

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
