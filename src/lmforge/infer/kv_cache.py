@@ -159,7 +159,18 @@ class SlotBatch:
         self._write_slots, self._write_pos = slot_t[rows], past_t[rows] + step
         # Nothing cached yet: the new keys are all there is to attend to, no gather needed.
         self._fresh = all(p == 0 for p in past)
-        if not self._fresh:
+        self.key_mask = None
+        # Decode-only steps read each row's keys where its slot holds them (row i: positions 0..total_i-1)
+        # instead of gathering them into left-padded columns: a slice of the cache, or one copy per slot.
+        self._in_place = not self._fresh and T == 1
+        if self._in_place:
+            self.attention_mask = None
+            if not bool((total == S).all()):
+                self.key_mask = (torch.arange(S, device=device)[None] < total[:, None])[:, None, None, :]
+            self._read_slots = slot_t
+            first_slot = slots[0]
+            self._contiguous = slots == list(range(first_slot, first_slot + B))
+        elif not self._fresh:
             # Key column c of row i reads slot position c - offset[i] (pads read position 0, masked).
             self._read_slots = slot_t[:, None]
             self._read_pos = (torch.arange(S, device=device)[None] - offset[:, None]).clamp(min=0)
@@ -172,6 +183,12 @@ class SlotBatch:
         cv[self._write_slots, :, self._write_pos] = v[self._write_rows, :, self._write_cols].to(cv.dtype)
         if self._fresh:
             return k, v
+        if self._in_place:
+            S = self.total
+            if self._contiguous:
+                first = self.slots[0]
+                return ck[first:first + len(self.slots), :, :S], cv[first:first + len(self.slots), :, :S]
+            return ck[self._read_slots, :, :S], cv[self._read_slots, :, :S]
         # Advanced indexing puts the (B, S) index dims first: (B, S, n_kv, hs).
         keys = ck[self._read_slots, :, self._read_pos].transpose(1, 2)
         values = cv[self._read_slots, :, self._read_pos].transpose(1, 2)

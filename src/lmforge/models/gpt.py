@@ -160,7 +160,10 @@ class GPT(nn.Module):
         else:
             rope = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         x = self.drop(x)
-        mask = causal_mask(T, S, input_ids.device, attention_mask) if attention_mask is not None else None
+        # A cache that lays keys out its own way (per-request slots) supplies the matching mask (B, 1, T, S).
+        mask = getattr(kv_cache, "key_mask", None)
+        if mask is None and attention_mask is not None:
+            mask = causal_mask(T, S, input_ids.device, attention_mask)
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, mask=mask, kv_cache=kv_cache, layer_idx=i)
         x = self.ln_f(x)
