@@ -168,8 +168,10 @@ def apply_method(model, method: MethodConfig) -> dict:
                     block.requires_grad_(False)
     if model.head is not None:
         model.head.requires_grad_(True)
-    if model.backbone_family == "bert" and model.config.head == "sequence" and method.method != "frozen":
-        backbone.pooler.requires_grad_(True)  # the pooled [CLS] feeds the classifier
+    if model.backbone_family == "bert" and model.config.head == "sequence":
+        # The pooled [CLS] feeds the classifier, so the pooler trains with the head under every method:
+        # MLM-only pretraining and sentence-embedding checkpoints leave it untrained.
+        backbone.pooler.requires_grad_(True)
     model.config.extra.update(head_lr_scale=method.head_lr_scale, layer_lr_decay=method.layer_lr_decay)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
