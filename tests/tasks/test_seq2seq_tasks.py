@@ -334,3 +334,21 @@ def test_multi30k_smoke(tmp_path):
     assert m["bleu_signature"].startswith("nrefs:1") and "tok:13a" in m["bleu_signature"]
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 0 and steps[-1] == 20 and summary["steps"] == 20
+
+
+def test_back_translation_augmentation_paraphrases_through_two_translate_runs(gpt_run):
+    # The copy model stands in for both directions: the round trip must be exactly what the two
+    # translation pipelines give when called directly.
+    from lmforge.api import pipeline
+    from lmforge.config import AugmentConfig
+    from lmforge.data.augment import augment_texts
+
+    run_dir = str(gpt_run[0])
+    texts = [s for s, _ in _copy_pairs(4, 7)]
+    examples = [{"text": t, "label": str(i % 2)} for i, t in enumerate(texts)]
+    out = augment_texts(examples, AugmentConfig(copies=1, back_translation=run_dir, back_translation_return=run_dir))
+    there = pipeline("translation", model=run_dir)
+    expected = there(there(texts))
+    assert out[:4] == examples
+    assert [e["text"] for e in out[4:]] == expected
+    assert [e["label"] for e in out[4:]] == [e["label"] for e in examples]
