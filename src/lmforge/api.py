@@ -166,9 +166,7 @@ def _load_init(path: str | Path):
     if "family" in json.loads((path / "config.json").read_text()):
         model = load_model(path)
         if model.family == "task":
-            from lmforge.train.peft import remove_lora
-
-            model = remove_lora(model.backbone) if model.config.lora else model.backbone
+            model = model.plain_backbone()
         return model, Tokenizer.load(path), path / "tokenizer.json"
     from lmforge.interop.hf import import_hf
 
@@ -243,9 +241,7 @@ def load(run_dir: str | Path, *, device: str = "cpu"):
         if model.config.head != "lm":
             raise ConfigError(f"{run_dir} is a fine-tuned {model.config.task} model, which does not generate text",
                               f"use `lmforge predict --model {run_dir}` or lmforge.pipeline")
-        from lmforge.train.peft import remove_lora
-
-        model = remove_lora(model.backbone) if model.config.lora else model.backbone
+        model = model.plain_backbone()
     model = prepare_for_inference(model)
     tokenizer = Tokenizer.load(run_dir)
     return model, tokenizer

@@ -104,6 +104,14 @@ class TaskModel(nn.Module):
             return float(decay) ** depth
         return 1.0
 
+    def plain_backbone(self) -> nn.Module:
+        """The backbone as a plain model of its family, LoRA adapters folded into its weights."""
+        if not self.config.lora:
+            return self.backbone
+        from lmforge.train.peft import remove_lora
+
+        return remove_lora(self.backbone)
+
     # ------------------------------------------------------------------ shared pieces
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,6 +9,7 @@ score a validation set with its own metrics, and turn model outputs back into an
 from __future__ import annotations
 
 import json
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,9 @@ class TaskSettings:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
-class Task(Objective):
-    """Base class of the application tasks (see the module docstring)."""
+class Task(Objective, metaclass=ABCMeta):
+    """Base class of the application tasks (see the module docstring); each task implements
+    `encode`, `evaluate` and `predict`."""
 
     name = "task"
     head = "sequence"            # sequence, token, span or lm (see lmforge.models.heads)
@@ -91,9 +93,9 @@ class Task(Objective):
     def resample(self, examples: list[dict], seed: int) -> list[dict]:
         return examples
 
+    @abstractmethod
     def encode(self, example: dict) -> dict:
         """Model inputs of one example as lists of ints (one example may give several, e.g. QA windows)."""
-        raise NotImplementedError
 
     def encode_all(self, examples: list[dict]) -> list[dict]:
         return [self.encode(e) for e in examples]
@@ -111,13 +113,13 @@ class Task(Objective):
         """Settings stored with the model that prediction needs again."""
         return dict(self.extra)
 
+    @abstractmethod
     def evaluate(self, model, examples: list[dict], features: list[dict], *, batch_size: int) -> dict:
         """Validation figures: at least `val_loss`, plus the task's metrics."""
-        raise NotImplementedError
 
+    @abstractmethod
     def predict(self, model, examples: list[dict], *, batch_size: int) -> list[dict]:
         """One JSON-able answer per example, in order."""
-        raise NotImplementedError
 
     def pipeline_examples(self, inputs, **kwargs) -> tuple[list[dict], bool]:
         """Examples from what a pipeline caller passes (a text or a list of texts by default)."""

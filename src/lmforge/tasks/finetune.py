@@ -92,9 +92,7 @@ def load_start(start: StartConfig, task_cls: type[Task], train_texts: list[str],
 
             model = load_model(path)
             if model.family == "task":  # continue from a fine-tuned model: keep its backbone
-                from lmforge.train.peft import remove_lora
-
-                model = remove_lora(model.backbone) if model.config.lora else model.backbone
+                model = model.plain_backbone()
             return model.train(), Tokenizer.load(path), f"lmforge run {path}"
         from lmforge.interop.hf import import_hf
 

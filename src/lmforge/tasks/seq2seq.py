@@ -19,6 +19,8 @@ many were scored and `samples` shows the first few.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from dataclasses import replace
 
 from lmforge.errors import ConfigError
@@ -149,8 +151,9 @@ class Seq2SeqTask(Task):
                                                                                 batch_size=batch_size)]
 
     # ------------------------------------------------------------------ evaluation and prediction
+    @abstractmethod
     def score(self, predictions: list[str], references: list[str]) -> dict:
-        raise NotImplementedError
+        """The task's metrics of generated texts against their references."""
 
     def metric_lang(self) -> str:
         """The language argument of the metric functions: zh, en or auto (detect from the references)."""
