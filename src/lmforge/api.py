@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.atomic import write_json_atomic, write_text_atomic
+from lmforge.atomic import RunDirectory, write_json_atomic, write_text_atomic
 from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, MethodConfig, ModelSpec,  # noqa: F401
                             StartConfig, TaskDataConfig, TrainConfig, to_yaml)
 from lmforge.errors import CheckpointError, ConfigError, DataError
@@ -77,76 +77,77 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
     objective = build_objective(objective, family)  # and so do objectives that do not fit the model
     dist = init_distributed(train.device)
     _check_run_dir(run_dir, resume)
-    created = not run_dir.exists()
+    run = RunDirectory(run_dir, owner=dist.is_main)
     broadcast_object(None, dist)  # every rank checks the run directory before rank 0 writes to it
-    started = False
     try:
-        data_dir = Path(data.path) if _is_prepared(data.path) else run_dir / "data"
-        if not _is_prepared(str(data_dir)):
+        with run:
+            data_dir = Path(data.path) if _is_prepared(data.path) else run_dir / "data"
+            if not _is_prepared(str(data_dir)):
+                if dist.is_main:
+                    if start is not None:
+                        from lmforge.data.shards import prepare_dataset
+
+                        prepare_dataset(data.path, data_dir, tokenizer_path=str(start[2]),
+                                        val_fraction=data.val_fraction,
+                                        seed=train.seed, text_field=data.text_field, clean=data.clean,
+                                        progress=train.progress)
+                    else:
+                        prepare(data.path, data_dir, tokenizer=data.tokenizer or objective.default_tokenizer,
+                                vocab_size=data.vocab_size,
+                                val_fraction=data.val_fraction, seed=train.seed, text_field=data.text_field,
+                                clean=data.clean, progress=train.progress, extra_ids=objective.extra_ids)
+                broadcast_object(None, dist)  # other ranks wait for the shards
+            meta = load_dataset_meta(data_dir)
+            if start is not None:
+                cfg = start[0].config
+                if meta["vocab_size"] > cfg.vocab_size:
+                    raise DataError(f"{data_dir} was tokenized with {meta['vocab_size']:,} ids but the model in "
+                                    f"{init_from} has {cfg.vocab_size:,}",
+                                    f"pass raw data so it is tokenized with {init_from}'s tokenizer")
+            else:
+                cfg = _model_config(spec, meta)
+            seq_len = train.seq_len or cfg.block_size
+            if seq_len > cfg.block_size:
+                raise ConfigError(f"train.seq_len ({seq_len}) is larger than the model's context length "
+                                  f"({cfg.block_size})",
+                                  f"lower --train.seq_len or raise --model.block_size to at least {seq_len}")
+            train_tokens = open_tokens(data_dir / "train.bin", meta["dtype"])
+            val_tokens = open_tokens(data_dir / "val.bin", meta["dtype"])
+            tokenizer = Tokenizer.load(data_dir)
+            loader = objective.make_loader(train_tokens, seq_len, train.batch_size, tokenizer=tokenizer,
+                                           seed=train.seed,
+                                           rank=dist.rank, world_size=dist.world_size)
+            if len(val_tokens) <= seq_len:
+                raise DataError(f"validation split has {len(val_tokens)} tokens, fewer than one context of {seq_len}",
+                                "use more data, a larger --data.val_fraction or a smaller --train.seq_len")
+            torch.manual_seed(train.seed)
+            net = start[0].train() if start is not None else build_model(cfg)
+            objective.prepare_model(net)
             if dist.is_main:
-                if start is not None:
-                    from lmforge.data.shards import prepare_dataset
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(run_dir / "config.yaml", to_yaml({
+                    "data": replace(data, path=str(data_dir), tokenizer=meta.get("tokenizer", data.tokenizer)),
+                    "model": _resolved_spec(spec, cfg), "train": train,
+                    **({"init_from": str(init_from)} if init_from is not None else {})}))
+                shutil.copyfile(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
+            evaluate = _val_evaluator(objective, val_tokens, seq_len, train.batch_size, train.eval_batches, meta,
+                                      tokenizer)
+            if family == "ngram":  # count-based: fitted in one pass over the training tokens, not by the trainer
+                from lmforge.train.ngram_fit import fit_ngram
 
-                    prepare_dataset(data.path, data_dir, tokenizer_path=str(start[2]), val_fraction=data.val_fraction,
-                                    seed=train.seed, text_field=data.text_field, clean=data.clean,
-                                    progress=train.progress)
-                else:
-                    prepare(data.path, data_dir, tokenizer=data.tokenizer or objective.default_tokenizer,
-                            vocab_size=data.vocab_size,
-                            val_fraction=data.val_fraction, seed=train.seed, text_field=data.text_field,
-                            clean=data.clean, progress=train.progress, extra_ids=objective.extra_ids)
-            broadcast_object(None, dist)  # other ranks wait for the shards
-        meta = load_dataset_meta(data_dir)
-        if start is not None:
-            cfg = start[0].config
-            if meta["vocab_size"] > cfg.vocab_size:
-                raise DataError(f"{data_dir} was tokenized with {meta['vocab_size']:,} ids but the model in "
-                                f"{init_from} has {cfg.vocab_size:,}",
-                                f"pass raw data so it is tokenized with {init_from}'s tokenizer")
-        else:
-            cfg = _model_config(spec, meta)
-        seq_len = train.seq_len or cfg.block_size
-        if seq_len > cfg.block_size:
-            raise ConfigError(f"train.seq_len ({seq_len}) is larger than the model's context length ({cfg.block_size})",
-                              f"lower --train.seq_len or raise --model.block_size to at least {seq_len}")
-        train_tokens = open_tokens(data_dir / "train.bin", meta["dtype"])
-        val_tokens = open_tokens(data_dir / "val.bin", meta["dtype"])
-        tokenizer = Tokenizer.load(data_dir)
-        loader = objective.make_loader(train_tokens, seq_len, train.batch_size, tokenizer=tokenizer, seed=train.seed,
-                                       rank=dist.rank, world_size=dist.world_size)
-        if len(val_tokens) <= seq_len:
-            raise DataError(f"validation split has {len(val_tokens)} tokens, fewer than one context of {seq_len}",
-                            "use more data, a larger --data.val_fraction or a smaller --train.seq_len")
-        torch.manual_seed(train.seed)
-        net = start[0].train() if start is not None else build_model(cfg)
-        objective.prepare_model(net)
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / "config.yaml", to_yaml({
-                "data": replace(data, path=str(data_dir), tokenizer=meta.get("tokenizer", data.tokenizer)),
-                "model": _resolved_spec(spec, cfg), "train": train,
-                **({"init_from": str(init_from)} if init_from is not None else {})}))
-            shutil.copyfile(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
-        evaluate = _val_evaluator(objective, val_tokens, seq_len, train.batch_size, train.eval_batches, meta, tokenizer)
-        if family == "ngram":  # count-based: fitted in one pass over the training tokens, not by the trainer
-            from lmforge.train.ngram_fit import fit_ngram
-
-            started = True
-            summary = fit_ngram(net, train_tokens, run_dir, evaluate=evaluate, save=dist.is_main)
-        else:
-            trainer = Trainer(net, loader, train, run_dir, dist=dist, objective=objective, evaluate=evaluate,
-                              on_step=on_step)
-            started = True
-            summary = trainer.fit(resume=resume)
-        if dist.is_main:
-            summary.update(parameters=sum(p.numel() for p in net.parameters()), model=spec.preset, data=str(data_dir))
-            write_json_atomic(run_dir / "summary.json", summary)
-            plot_losses(run_dir)
-        return summary
-    except BaseException:
-        if created and not started and dist.is_main:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+                run.started()
+                summary = fit_ngram(net, train_tokens, run_dir, evaluate=evaluate, save=dist.is_main)
+            else:
+                trainer = Trainer(net, loader, train, run_dir, dist=dist, objective=objective, evaluate=evaluate,
+                                  on_step=on_step)
+                run.started()
+                summary = trainer.fit(resume=resume)
+            if dist.is_main:
+                summary.update(parameters=sum(p.numel() for p in net.parameters()), model=spec.preset,
+                               data=str(data_dir))
+                write_json_atomic(run_dir / "summary.json", summary)
+                plot_losses(run_dir)
+            return summary
     finally:
         shutdown_distributed()
 

@@ -79,3 +79,27 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class RunDirectory:
+    """Context for starting a run in `path`: if the start fails (bad data, bad config) and this call
+    created the folder, it is removed, so a failed command leaves nothing behind. Once `started()`
+    is called the folder stays whatever happens: it holds checkpoints a later `--resume` continues."""
+
+    def __init__(self, path: str | Path, *, owner: bool = True):
+        self.path, self.owner = Path(path), owner  # owner: the process that writes it (rank 0)
+        self.created = not self.path.exists()
+        self._started = False
+
+    def started(self) -> None:
+        self._started = True
+
+    def __enter__(self) -> "RunDirectory":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None and self.created and not self._started and self.owner:
+            import shutil
+
+            shutil.rmtree(self.path, ignore_errors=True)
+        return False

@@ -156,6 +156,7 @@ class TaskDataConfig:
     train: str = ""
     valid: str | None = None             # None: carve `val_fraction` of `train` (see `val_split`)
     train_target: str | None = None      # parallel text: the line-aligned target file of `train`
+    extra_train: list[str] | None = None  # more training files in the same format, added after validation is carved
     valid_target: str | None = None
     format: str = "auto"                 # label_text, tsv, csv, conll, bmes, squad, parallel, jsonl, json, alpaca
     text_field: str | None = None
@@ -210,6 +211,7 @@ class StartConfig:
     n_embd: int | None = None
     intermediate_size: int | None = None
     dropout: float | None = None
+    overrides: dict | None = None        # fresh models: any other field of the preset's config, e.g. {mlp: gelu}
     classifier_dropout: float = 0.1
 
 
@@ -226,6 +228,7 @@ class MethodConfig:
     lora_targets: list[str] | None = None  # None: attention and MLP projections
     layer_lr_decay: float | None = None  # discriminative rates: block i trains at lr * decay**(depth - i)
     head_lr_scale: float = 1.0           # the task head's lr relative to train.lr
+    label_smoothing: float = 0.0         # translate/summarize training loss: target mass spread over the vocabulary
 
     def __post_init__(self):
         _check(self.method in METHODS, f"method.method must be one of {', '.join(METHODS)}, got {self.method!r}",
@@ -237,6 +240,9 @@ class MethodConfig:
                f"method.layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}", "pass e.g. 0.9 or leave unset")
         _check(self.head_lr_scale > 0, f"method.head_lr_scale must be > 0, got {self.head_lr_scale}",
                "pass e.g. --method.head_lr_scale 1.0")
+        _check(0.0 <= self.label_smoothing < 1.0,
+               f"method.label_smoothing must be in [0, 1), got {self.label_smoothing}",
+               "pass e.g. --method.label_smoothing 0.1")
 
 
 @dataclass

@@ -281,3 +281,25 @@ def test_sst2_recipe_smoke_on_real_data(tmp_path):
     assert exit_.value.code in (0, None)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["valid_examples"] == 100 and summary["metrics"]["labels"] == ["0", "1"]
+
+
+def test_extra_training_files_join_after_the_validation_carve(sentiment, tmp_path):
+    extra = tmp_path / "extra.txt"
+    extra.write_text("\n".join(_lines(30, 7)) + "\n")
+    data = TaskDataConfig(train=str(sentiment / "train.txt"), extra_train=[str(extra)], format="label_text",
+                          val_fraction=0.25, max_length=16)
+    summary = lf.finetune("classify", data=data, model=_small_start(), out=tmp_path / "run", train=_train(max_steps=2))
+    # 240 lines, the last quarter carved for validation; the extra file only ever trains.
+    assert summary["valid_examples"] == 60 and summary["train_examples"] == 180 + 30
+
+
+def test_extra_training_files_refuse_parallel_text(sentiment, tmp_path, capsys):
+    args = ["finetune", "--task", "translate", "--data.train", str(sentiment / "train.txt"), "--data.train_target",
+            str(sentiment / "train.txt"), "--data.extra_train", f"[{sentiment / 'dev.txt'}]", "--out",
+            str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.extra_train" in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -13,7 +13,8 @@ import torch
 from lmforge.config import StartConfig, TaskDataConfig, TrainConfig
 from lmforge.data.task_readers import tags_to_spans
 from lmforge.tasks.base import TaskSettings
-from lmforge.tasks.ner import LengthGroupedLoader, NERTask, best_valid_tags, repair_tags
+from lmforge.tasks.base import LengthGroupedLoader
+from lmforge.tasks.ner import NERTask, best_valid_tags, repair_tags
 
 FIRST = ["Smith", "Jones", "Brown", "Taylor", "Wilson", "Evans", "Thomas", "Johnson", "Walker", "White",
          "Harris", "Martin", "Clarke", "Lewis", "Hughes", "Wood"]

@@ -116,6 +116,37 @@ def test_loss_is_the_target_token_cross_entropy_sum(family):
     assert int(task.counts(batch)["lm"]) == n
 
 
+
+@pytest.mark.parametrize("family", ["t5", "gpt"])
+def test_label_smoothing_shapes_the_training_loss_only(family):
+    """Training loss with smoothing eps = (1 - eps) * NLL + eps * mean over the vocabulary of -log p,
+    per target token (computed here from the plain loss and the logits); validation keeps the plain loss."""
+    from dataclasses import replace
+
+    from lmforge.config import MethodConfig
+
+    torch.manual_seed(0)
+    plain = _task(family=family, prompt="tr: " if family == "gpt" else "")
+    smoothed = type(plain)(replace(plain.settings, method=MethodConfig(label_smoothing=0.2)), plain.tokenizer, family,
+                           extra=plain.extra)
+    model = _tiny_model(plain.tokenizer, family)
+    examples = [{"source": "the cat sat on", "target": "der Hund"}, {"source": "a b c d e f", "target": "我们今天"}]
+    batch = plain.collate([plain.encode(e) for e in examples])
+    with torch.no_grad():
+        nll = float(plain(model, batch)["lm"])
+        assert float(smoothed(model, batch)["lm"]) == pytest.approx(nll, rel=1e-6)  # model.eval(): plain loss
+        if family == "t5":
+            logits = model.backbone(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    decoder_input_ids=batch["decoder_input_ids"])
+        else:
+            logits = model.backbone(batch["input_ids"])
+        keep = batch["labels"] != -100
+        uniform = float(-torch.log_softmax(logits.float(), -1)[keep].mean(-1).sum())
+        model.train()  # no dropout in the tiny model: only the loss changes
+        got = float(smoothed(model, batch)["lm"])
+    assert got == pytest.approx(0.8 * nll + 0.2 * uniform, rel=1e-4)
+
+
 def test_generation_subset_spreads_over_sorted_sets():
     from lmforge.tasks.seq2seq import generation_subset
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from lmforge.atomic import save_safetensors_atomic, write_json_atomic, write_text_atomic
+from lmforge.atomic import RunDirectory, save_safetensors_atomic, write_json_atomic, write_text_atomic
 from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, StartConfig, TaskDataConfig,
                             TrainConfig, TASKS, to_yaml)
 from lmforge.errors import CheckpointError, ConfigError, DataError
@@ -120,6 +119,7 @@ def _fresh_model(start: StartConfig, task_cls, texts: list[str], context: int):
     overrides = {k: v for k, v in dict(n_layer=start.n_layer, n_head=start.n_head, n_embd=start.n_embd,
                                        intermediate_size=start.intermediate_size, dropout=start.dropout).items()
                  if v is not None}
+    overrides.update(start.overrides or {})
     if family == "rnn":
         overrides.pop("n_head", None)
         overrides.pop("intermediate_size", None)
@@ -191,104 +191,106 @@ def finetune(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | 
     cls = task_class(task)
     method, train = method or MethodConfig(), train or TrainConfig()
     settings = TaskSettings(data=data, balance=balance or BalanceConfig(), augment=augment or AugmentConfig(),
-                            decode=decode or DecodeConfig())
+                            decode=decode or DecodeConfig(), method=method)
     run_dir = Path(out)
     if not data.train:
         raise ConfigError("data.train is not set", "pass --data.train FILE (or set it in the recipe)")
     train_path, valid_path = resolve_data_path(data.train), resolve_data_path(data.valid)
     train_target, valid_target = resolve_data_path(data.train_target), resolve_data_path(data.valid_target)
+    if data.extra_train and data.train_target:
+        raise ConfigError("data.extra_train cannot be used with parallel text (data.train_target)",
+                          "concatenate the parallel files, or use a one-file format (tsv, jsonl)")
+    extra_paths = [resolve_data_path(p) for p in data.extra_train or []]
     _check_run_dir(run_dir, resume)
-    created = not run_dir.exists()
     dist = init_distributed(train.device)
-    started = False
+    run = RunDirectory(run_dir, owner=dist.is_main)
     t0 = time.perf_counter()
     try:
-        # Examples are read with a throwaway task (no tokenizer yet): reading needs only the data settings.
-        reader = cls(settings, None, "gpt")
-        train_examples = reader.read(train_path, target_path=train_target)
-        if valid_path:
-            valid_examples = reader.read(valid_path, target_path=valid_target)
-            carved = None
-        else:
-            from lmforge.data.task_readers import carve_split
-
-            train_examples, valid_examples = carve_split(train_examples, fraction=data.val_fraction,
-                                                         how=data.val_split, key=cls.split_key)
-            carved = f"{data.val_split} {data.val_fraction:g} of {data.train}"
-        if data.max_train_examples:
-            train_examples = train_examples[:data.max_train_examples]
-        if data.max_valid_examples:
-            valid_examples = valid_examples[:data.max_valid_examples]
-        if not valid_examples:
-            raise DataError("the validation split is empty", "use a larger data.val_fraction or pass data.valid")
-
-        torch.manual_seed(train.seed)  # fresh backbones and heads start the same in every run with this seed
-        backbone, tokenizer, source = load_start(model, cls, cls.tokenizer_texts(train_examples),
-                                                 cls.context_needed(data))
-        family = backbone.family
-        if family not in cls.families:
-            raise ConfigError(f"task {task!r} cannot use a {family} model", "start from a model of family "
-                              + ", ".join(cls.families))
-        labels = reader.fit_labels(train_examples)
-        extra = {"block_size": int(backbone.config.to_dict().get("block_size", data.max_length)), "source": source}
-        task_obj = cls(settings, tokenizer, family, labels=labels, extra=extra)
-        train_examples = task_obj.resample(task_obj.augment(train_examples), train.seed)
-        weights = task_obj.class_weights(train_examples) if hasattr(task_obj, "class_weights") else None
-        if weights:
-            task_obj.extra["class_weights"] = weights
-        task_obj.extra.update(task_obj.model_extra())
-        torch.manual_seed(train.seed + 1)
-        net = TaskModel(TaskModelConfig(task=task, head=cls.head, backbone=backbone.config.to_dict(), labels=labels,
-                                        classifier_dropout=model.classifier_dropout, extra=dict(task_obj.extra)),
-                        backbone=backbone)
-        sizes = apply_method(net, method)
-        net.config.extra = {**net.config.extra, **{k: v for k, v in task_obj.extra.items()}}
-        train_features = task_obj.encode_all(train_examples)
-        valid_features = task_obj.encode_all(valid_examples)
-        loader = task_obj.make_task_loader(train_features, train.batch_size, seed=train.seed, rank=dist.rank,
-                                           world_size=dist.world_size)
-        eval_batch = max(train.batch_size, 16)
-
-        last_eval: dict = {}
-
-        def evaluate(m):
-            figures = task_obj.evaluate(m, valid_examples, valid_features, batch_size=eval_batch)
-            last_eval.update(figures=figures, step=trainer.state.step)
-            return {k: v for k, v in figures.items() if isinstance(v, (int, float))}
-
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / "config.yaml", to_yaml({
-                "task": task, "data": data, "model": model, "method": method, "train": train,
-                "balance": settings.balance, "augment": settings.augment, "decode": settings.decode}))
-            tokenizer.save(run_dir / "tokenizer.json")
-        trainer = Trainer(net, loader, train, run_dir, dist=dist, objective=task_obj, evaluate=evaluate)
-        started = True
-        summary = trainer.fit(resume=resume)
-        if dist.is_main:
-            net.eval()
-            if last_eval.get("step") == trainer.state.step and "figures" in last_eval:
-                figures = last_eval["figures"]  # the trainer just evaluated these very weights
+        with run:
+            # Examples are read with a throwaway task (no tokenizer yet): reading needs only the data settings.
+            reader = cls(settings, None, "gpt")
+            train_examples = reader.read(train_path, target_path=train_target)
+            if valid_path:
+                valid_examples = reader.read(valid_path, target_path=valid_target)
+                carved = None
             else:
-                with torch.no_grad():
-                    figures = task_obj.evaluate(net, valid_examples, valid_features, batch_size=eval_batch)
-            task_obj.write_plots(figures, run_dir)
-            if net.config.lora:
-                _write_adapter(net, run_dir)
-            summary.update(
-                task=task, start=source, method=method.method, **sizes,
-                train_examples=len(train_examples), valid_examples=len(valid_examples),
-                valid_split=carved or data.valid, epochs=round(loader.epoch, 3),
-                main_metric=cls.main_metric, metrics={k: v for k, v in figures.items()},
-                total_seconds=round(time.perf_counter() - t0, 3))
-            summary[cls.main_metric] = figures.get(cls.main_metric)
-            write_json_atomic(run_dir / "summary.json", summary)
-            plot_losses(run_dir)
-        return summary
-    except BaseException:
-        if created and not started and dist.is_main:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+                from lmforge.data.task_readers import carve_split
+
+                train_examples, valid_examples = carve_split(train_examples, fraction=data.val_fraction,
+                                                             how=data.val_split, key=cls.split_key)
+                carved = f"{data.val_split} {data.val_fraction:g} of {data.train}"
+            for path in extra_paths:
+                train_examples += reader.read(path)
+            if data.max_train_examples:
+                train_examples = train_examples[:data.max_train_examples]
+            if data.max_valid_examples:
+                valid_examples = valid_examples[:data.max_valid_examples]
+            if not valid_examples:
+                raise DataError("the validation split is empty", "use a larger data.val_fraction or pass data.valid")
+
+            torch.manual_seed(train.seed)  # fresh backbones and heads start the same in every run with this seed
+            backbone, tokenizer, source = load_start(model, cls, cls.tokenizer_texts(train_examples),
+                                                     cls.context_needed(data))
+            family = backbone.family
+            if family not in cls.families:
+                raise ConfigError(f"task {task!r} cannot use a {family} model", "start from a model of family "
+                                  + ", ".join(cls.families))
+            labels = reader.fit_labels(train_examples)
+            extra = {"block_size": int(backbone.config.to_dict().get("block_size", data.max_length)), "source": source}
+            task_obj = cls(settings, tokenizer, family, labels=labels, extra=extra)
+            train_examples = task_obj.resample(task_obj.augment(train_examples), train.seed)
+            weights = task_obj.class_weights(train_examples) if hasattr(task_obj, "class_weights") else None
+            if weights:
+                task_obj.extra["class_weights"] = weights
+            task_obj.extra.update(task_obj.model_extra())
+            torch.manual_seed(train.seed + 1)
+            net = TaskModel(TaskModelConfig(task=task, head=cls.head, backbone=backbone.config.to_dict(), labels=labels,
+                                            classifier_dropout=model.classifier_dropout, extra=dict(task_obj.extra)),
+                            backbone=backbone)
+            sizes = apply_method(net, method)
+            net.config.extra = {**net.config.extra, **{k: v for k, v in task_obj.extra.items()}}
+            train_features = task_obj.encode_all(train_examples)
+            valid_features = task_obj.encode_all(valid_examples)
+            loader = task_obj.make_task_loader(train_features, train.batch_size, seed=train.seed, rank=dist.rank,
+                                               world_size=dist.world_size)
+            eval_batch = max(train.batch_size, 16)
+
+            last_eval: dict = {}
+
+            def evaluate(m):
+                figures = task_obj.evaluate(m, valid_examples, valid_features, batch_size=eval_batch)
+                last_eval.update(figures=figures, step=trainer.state.step)
+                return {k: v for k, v in figures.items() if isinstance(v, (int, float))}
+
+            if dist.is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(run_dir / "config.yaml", to_yaml({
+                    "task": task, "data": data, "model": model, "method": method, "train": train,
+                    "balance": settings.balance, "augment": settings.augment, "decode": settings.decode}))
+                tokenizer.save(run_dir / "tokenizer.json")
+            trainer = Trainer(net, loader, train, run_dir, dist=dist, objective=task_obj, evaluate=evaluate)
+            run.started()
+            summary = trainer.fit(resume=resume)
+            if dist.is_main:
+                net.eval()
+                if last_eval.get("step") == trainer.state.step and "figures" in last_eval:
+                    figures = last_eval["figures"]  # the trainer just evaluated these very weights
+                else:
+                    with torch.no_grad():
+                        figures = task_obj.evaluate(net, valid_examples, valid_features, batch_size=eval_batch)
+                task_obj.write_plots(figures, run_dir)
+                if net.config.lora:
+                    _write_adapter(net, run_dir)
+                summary.update(
+                    task=task, start=source, method=method.method, **sizes,
+                    train_examples=len(train_examples), valid_examples=len(valid_examples),
+                    valid_split=carved or data.valid, epochs=round(loader.epoch, 3),
+                    main_metric=cls.main_metric, metrics={k: v for k, v in figures.items()},
+                    total_seconds=round(time.perf_counter() - t0, 3))
+                summary[cls.main_metric] = figures.get(cls.main_metric)
+                write_json_atomic(run_dir / "summary.json", summary)
+                plot_losses(run_dir)
+            return summary
     finally:
         shutdown_distributed()
 
@@ -323,7 +325,8 @@ def load_task_run(run_dir: str | Path, *, device: str = "cpu"):
     settings = TaskSettings(data=TaskDataConfig(**{**(recipe.get("data") or {}), "train": "-"}),
                             balance=BalanceConfig(**(recipe.get("balance") or {})),
                             augment=AugmentConfig(**(recipe.get("augment") or {})),
-                            decode=DecodeConfig(**(recipe.get("decode") or {})))
+                            decode=DecodeConfig(**(recipe.get("decode") or {})),
+                            method=MethodConfig(**(recipe.get("method") or {})))
     cls = task_class(model.config.task)
     task = cls(settings, Tokenizer.load(run_dir), model.backbone.family, labels=model.config.labels,
                extra=model.config.extra)

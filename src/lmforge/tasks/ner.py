@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmforge.tasks.base import ExampleLoader, Task, pad_batch, to_device
+from lmforge.tasks.base import LengthGroupedLoader, Task, pad_batch, to_device
 from lmforge.train.objectives import IGNORE_INDEX
 
 
@@ -209,30 +209,6 @@ class NERTask(Task):
         entities = [{"type": kind, "start": start, "end": end, "text": glue.join(tokens[start:end])}
                     for kind, start, end in tags_to_spans(tags, self.data.tag_scheme)]
         return {"tokens": tokens, "tags": tags, "entities": entities}
-
-
-class LengthGroupedLoader(ExampleLoader):
-    """`ExampleLoader` whose batches hold sentences of similar length, so little compute goes to padding
-    (sentence lengths vary tenfold in NER corpora). Each epoch's order is still a function of (seed,
-    epoch) alone: shuffle, sort windows of 50 batches by length, cut into batches, shuffle the batches."""
-
-    window = 50
-
-    def _order_of(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(len(self.features))
-            size = self.batch_size * self.world_size
-            lengths = [len(f["input_ids"]) for f in self.features]
-            batches = []
-            for start in range(0, len(order), size * self.window):
-                part = sorted(order[start:start + size * self.window].tolist(), key=lambda i: lengths[i])
-                batches += [part[j:j + size] for j in range(0, len(part), size)]
-            # Only the very last batch can be short; it stays last so every other batch stays whole.
-            full = [b for b in batches if len(b) == size]
-            picked = [full[i] for i in rng.permutation(len(full))] + [b for b in batches if len(b) != size]
-            self._epoch, self._order = epoch, np.array([i for b in picked for i in b], dtype=np.int64)
-        return self._order
 
 
 # ---------------------------------------------------------------- helpers

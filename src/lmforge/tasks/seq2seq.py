@@ -24,7 +24,7 @@ from abc import abstractmethod
 from dataclasses import replace
 
 from lmforge.errors import ConfigError
-from lmforge.tasks.base import Task, to_device
+from lmforge.tasks.base import LengthGroupedLoader, Task, to_device
 from lmforge.train.objectives import IGNORE_INDEX, token_cross_entropy_sum
 
 EVAL_GENERATE_LIMIT = 200
@@ -101,7 +101,16 @@ class Seq2SeqTask(Task):
     def counts(self, batch):
         return {"lm": (batch["labels"] != IGNORE_INDEX).sum()}
 
+    def make_task_loader(self, features, batch_size, *, seed, rank=0, world_size=1):
+        # Decoder-only rows keep plain shuffling: on the copy test, length-sorted batches left a small
+        # GPT far behind after 100 steps (BLEU 5 vs > 50); the encoder-decoder learns as well either way.
+        if self.family == "gpt":
+            return super().make_task_loader(features, batch_size, seed=seed, rank=rank, world_size=world_size)
+        return LengthGroupedLoader(features, batch_size, self.collate, seed=seed, rank=rank, world_size=world_size)
+
     def __call__(self, model, batch):
+        # Label smoothing shapes training only: validation loss stays the plain per-token loss.
+        smoothing = self.settings.method.label_smoothing if model.training else 0.0
         if "decoder_input_ids" in batch:
             from lmforge.train.distributed import unwrap
 
@@ -112,7 +121,9 @@ class Seq2SeqTask(Task):
                 decoder_input_ids[:, 0] = start
             logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
                            decoder_input_ids=decoder_input_ids)
-            return {"lm": token_cross_entropy_sum(logits, batch["labels"])}
+            return {"lm": token_cross_entropy_sum(logits, batch["labels"], smoothing)}
+        if smoothing:
+            return {"lm": token_cross_entropy_sum(model(batch["input_ids"]), batch["labels"], smoothing)}
         return {"lm": model(batch["input_ids"], labels=batch["labels"])}
 
     # ------------------------------------------------------------------ generation
