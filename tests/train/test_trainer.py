@@ -132,3 +132,21 @@ def test_early_stopping(tmp_path):
     assert summary["stop_reason"] == "early_stopping"
     assert summary["steps"] == 3
     assert summary["best_val_loss"] == 4.0
+
+
+def test_logged_train_loss_is_the_mean_since_the_previous_log_line(tmp_path):
+    """The same run logged every step and every 4 steps: each 4-step value is the mean of the 4 single ones."""
+    import json
+
+    logged = {}
+    for interval in (1, 4):
+        cfg = TrainConfig(batch_size=4, seq_len=16, max_steps=8, lr=3e-3, warmup_steps=2, checkpoint_interval=8,
+                          log_interval=interval, progress=False, seed=7, precision="fp32")
+        trainer = Trainer(tiny_model(), LMWindowLoader(tokens(), 16, 4, seed=7), cfg, tmp_path / str(interval))
+        (tmp_path / str(interval)).mkdir()
+        trainer.fit()
+        rows = [json.loads(line) for line in (tmp_path / str(interval) / "metrics.jsonl").read_text().splitlines()]
+        logged[interval] = {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
+    assert sorted(logged[4]) == [4, 8]
+    for step in (4, 8):
+        assert logged[4][step] == pytest.approx(np.mean([logged[1][s] for s in range(step - 3, step + 1)]), rel=1e-9)

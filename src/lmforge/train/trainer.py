@@ -130,6 +130,7 @@ class Trainer:
             metrics.write({"step": 0, **figures})
         bar = _progress(cfg, st.step, enabled=self.dist.is_main and cfg.progress)
         start_wall, start_seconds, window_tokens, window_start = time.perf_counter(), st.wall_seconds, 0, time.perf_counter()
+        window_loss, window_steps = 0.0, 0  # train_loss is logged as the mean since the last log line
         self.stop_reason = "max_steps"
         try:
             while st.step < cfg.max_steps:
@@ -142,16 +143,18 @@ class Trainer:
                 st.tokens += step_tokens
                 window_tokens += step_tokens
                 st.last_train_loss = loss
+                window_loss, window_steps = window_loss + loss, window_steps + 1
                 st.wall_seconds = start_seconds + time.perf_counter() - start_wall
                 if st.step % cfg.log_interval == 0 or st.step == cfg.max_steps:
                     now = time.perf_counter()
                     tps = window_tokens / max(now - window_start, 1e-9)
                     window_tokens, window_start = 0, now
+                    mean_loss, window_loss, window_steps = window_loss / window_steps, 0.0, 0
                     terms = {f"train_{t}": v for t, v in self.last_terms.items()} if len(self.last_terms) > 1 else {}
-                    metrics.write({"step": st.step, "train_loss": loss, **terms, "lr": self.optimizer.param_groups[0]["lr"],
+                    metrics.write({"step": st.step, "train_loss": mean_loss, **terms, "lr": self.optimizer.param_groups[0]["lr"],
                                    "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds})
                     if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+                        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
                 if bar is not None:
                     bar.update(1)
                 out_of_time = cfg.max_seconds is not None and st.wall_seconds >= cfg.max_seconds
