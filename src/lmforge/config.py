@@ -175,6 +175,7 @@ class TaskDataConfig:
     max_length: int = 128                # tokens per input (QA: per context window)
     max_target_length: int = 64          # seq2seq and chat: tokens per target
     doc_stride: int = 64                 # QA: overlap between windows of long contexts
+    question_match: bool = False         # QA, BERT: segment id 2 marks context tokens that occur in the question
     label_split: str | None = None       # classification: keep the label's part before this separator
                                          # (TREC's "DESC:manner" -> "DESC" with ":")
     tag_scheme: str = "IOB2"             # NER: IOB1, IOB2/BIO, BMES, BIOES

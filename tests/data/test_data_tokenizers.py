@@ -39,6 +39,10 @@ def test_unigram_and_wordpiece_near_exact(trained):
     assert trained["unigram"].decode(trained["unigram"].encode(ZH)) == ZH
     # WordPiece keeps words and punctuation but not the original spacing.
     assert trained["wordpiece"].decode(trained["wordpiece"].encode(line)).split() == line.split()
+    # and writes Chinese without the spaces its decoder puts between single-character tokens
+    wordpiece = trained["wordpiece"]
+    assert wordpiece.decode(wordpiece.encode(ZH)) == ZH
+    assert wordpiece.decode(wordpiece.encode("数据和学习。 The fox, 数据")) == "数据和学习。 The fox, 数据"
 
 
 def test_special_tokens_and_ids(trained):

@@ -192,6 +192,45 @@ def _squad_file(path: Path, n: int, seed: int, off_rule: int = 0) -> list[dict]:
     return examples
 
 
+def test_question_match_marks_context_tokens_that_occur_in_the_question():
+    examples = _long_examples(seed=5)
+    tok = train_tokenizer("wordpiece", [e["context"] for e in examples] + ["What is the capital?"], 300)
+    data = TaskDataConfig(train="-", max_length=48, doc_stride=12, question_match=True)
+    task = QATask(TaskSettings(data=data), tok, "bert", extra={"block_size": 512})
+    plain = _task(tok, "bert")
+    question = set(tok.encode(examples[0]["question"]))
+    for mine, base in zip(task.encode_all(examples), plain.encode_all(examples)):
+        assert mine["input_ids"] == base["input_ids"] and mine["start_positions"] == base["start_positions"]
+        for token, offset, got, want in zip(mine["input_ids"], mine["offsets"], mine["token_type_ids"],
+                                            base["token_type_ids"]):
+            if offset is None:  # question and separators keep their segment ids
+                assert got == want
+            else:
+                assert got == (2 if token in question else 1)
+    assert any(2 in f["token_type_ids"] for f in task.encode_all(examples))
+
+
+def test_question_match_gives_a_fresh_bert_a_third_segment_type_and_refuses_other_models(tmp_path):
+    from lmforge import api
+    from lmforge.errors import ConfigError
+    from lmforge.models.registry import load_model
+
+    _squad_file(tmp_path / "train.json", 40, seed=1)
+    data = TaskDataConfig(train=str(tmp_path / "train.json"), val_fraction=0.25, max_length=32, doc_stride=8,
+                          question_match=True)
+    train = TrainConfig(batch_size=8, max_steps=2, eval_interval=2, log_interval=1, checkpoint_interval=2,
+                        precision="fp32", progress=False)
+    api.finetune("qa", data=data, model=StartConfig(init="bert-debug", vocab_size=200), out=tmp_path / "run",
+                 train=train)
+    assert load_model(tmp_path / "run").backbone.config.type_vocab_size == 3
+    # prediction reads the setting back from the run and feeds the same segment ids
+    assert api.predict(tmp_path / "run", str(tmp_path / "train.json"), output=str(tmp_path / "pred.jsonl")) == 40
+    with pytest.raises(ConfigError, match="question_match"):
+        api.finetune("qa", data=data, model=StartConfig(init="debug", vocab_size=400), out=tmp_path / "gpt",
+                     train=train)
+    assert not (tmp_path / "gpt").exists()
+
+
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     from lmforge import api

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -40,6 +41,11 @@ _REQUIRED_SPECIALS = {
 _EOS_CANDIDATES = (EOT, "[SEP]", "</s>", "<eos>", "<|end_of_text|>")
 _PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>")
 _BYTE_ALPHABET = 256
+
+
+# A space with CJK characters or full-width punctuation on both sides.
+_CJK_CHARS = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_CJK_CHARS}]) (?=[{_CJK_CHARS}])")
 
 
 class Tokenizer:
@@ -81,7 +87,12 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special tokens are skipped."""
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
+        text = self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
+        if self.kind == "wordpiece":
+            # WordPiece splits CJK text into single characters and its decoder joins every token with a
+            # space: "我 们 。"; Chinese and Japanese are written without spaces, so drop those again.
+            text = _SPACE_BETWEEN_CJK.sub("", text)
+        return text
 
     def token_to_id(self, token: str) -> int | None:
         return self.hf.token_to_id(token)

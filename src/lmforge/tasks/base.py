@@ -67,6 +67,15 @@ class Task(Objective, metaclass=ABCMeta):
         return texts
 
     @classmethod
+    def fresh_model_settings(cls, data: TaskDataConfig, family: str) -> dict:
+        """Model config values a fresh model needs for these data settings (beyond the recipe's)."""
+        return {}
+
+    @classmethod
+    def check_backbone(cls, backbone, data: TaskDataConfig) -> None:
+        """ConfigError when `backbone` cannot serve these data settings."""
+
+    @classmethod
     def context_needed(cls, data: TaskDataConfig) -> int:
         """Context length a fresh model is built with."""
         return data.max_length

@@ -72,7 +72,8 @@ def resolve_model_path(init: str) -> Path:
     return folder
 
 
-def load_start(start: StartConfig, task_cls: type[Task], train_texts: list[str], context: int):
+def load_start(start: StartConfig, task_cls: type[Task], train_texts: list[str], context: int,
+               data: TaskDataConfig | None = None):
     """(backbone in train mode, tokenizer, description of where it came from)."""
     from lmforge.data.tokenizers import Tokenizer
 
@@ -102,10 +103,10 @@ def load_start(start: StartConfig, task_cls: type[Task], train_texts: list[str],
         return model.train(), tokenizer, f"Hugging Face {raw.get('architectures', ['model'])[0]} from {path}"
     if any(sep in start.init for sep in ("/", os.sep)) and not path.exists():
         raise CheckpointError(f"model folder {start.init} does not exist", "pass a run directory or a preset name")
-    return _fresh_model(start, task_cls, train_texts, context)
+    return _fresh_model(start, task_cls, train_texts, context, data)
 
 
-def _fresh_model(start: StartConfig, task_cls, texts: list[str], context: int):
+def _fresh_model(start: StartConfig, task_cls, texts: list[str], context: int, data: TaskDataConfig | None = None):
     from lmforge.data.tokenizers import train_tokenizer
     from lmforge.models.registry import build_model, preset_config
 
@@ -119,6 +120,8 @@ def _fresh_model(start: StartConfig, task_cls, texts: list[str], context: int):
     overrides = {k: v for k, v in dict(n_layer=start.n_layer, n_head=start.n_head, n_embd=start.n_embd,
                                        intermediate_size=start.intermediate_size, dropout=start.dropout).items()
                  if v is not None}
+    if data is not None:
+        overrides.update(task_cls.fresh_model_settings(data, family))
     overrides.update(start.overrides or {})
     if family == "rnn":
         overrides.pop("n_head", None)
@@ -230,8 +233,9 @@ def finetune(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | 
 
             torch.manual_seed(train.seed)  # fresh backbones and heads start the same in every run with this seed
             backbone, tokenizer, source = load_start(model, cls, cls.tokenizer_texts(train_examples),
-                                                     cls.context_needed(data))
+                                                     cls.context_needed(data), data)
             family = backbone.family
+            cls.check_backbone(backbone, data)
             if family not in cls.families:
                 raise ConfigError(f"task {task!r} cannot use a {family} model", "start from a model of family "
                                   + ", ".join(cls.families))

@@ -8,6 +8,11 @@ with the previous one, so every character of the context lies in some window; th
 repeated in every window. One example therefore gives one feature per window; each feature keeps
 the index of its example and the character offsets of its context tokens.
 
+With `data.question_match` (BERT) a context token that also occurs in the question gets segment
+id 2 instead of 1: the exact-match feature of reading-comprehension models such as DrQA (Chen et
+al. 2017), which a small model trained from scratch on a few thousand questions cannot afford to
+learn from attention alone.
+
 Training: the head scores every position as the answer's start and end; the labels of a window
 are the first gold answer's first and last token, or position 0 when that answer is not wholly in
 the window (or the question has none). Loss term "qa" = (CE(start) + CE(end)) / 2 per window.
@@ -50,6 +55,23 @@ class QATask(Task):
         # A passage carries several questions: train on each context once so it does not outweigh them.
         contexts = list(dict.fromkeys(e["context"] for e in examples))
         return [e["question"] for e in examples] + contexts
+
+    @classmethod
+    def fresh_model_settings(cls, data, family):
+        return {"type_vocab_size": 3} if data.question_match and family == "bert" else {}
+
+    @classmethod
+    def check_backbone(cls, backbone, data):
+        if not data.question_match:
+            return
+        from lmforge.errors import ConfigError
+
+        types = getattr(backbone.config, "type_vocab_size", 0)
+        if backbone.family != "bert" or types < 3:
+            raise ConfigError(f"data.question_match needs a BERT-family model with 3 segment types; this "
+                              f"{backbone.family} model has {types}",
+                              "start from a fresh bert preset (it gets a third segment type) or drop "
+                              "data.question_match")
 
     # ------------------------------------------------------------------ data
     def max_input_tokens(self) -> int:
@@ -116,7 +138,11 @@ class QATask(Task):
             feature = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids),
                        "offsets": [None] * len(prefix) + offsets[start:end] + [None] * len(suffix)}
             if bert:
-                feature["token_type_ids"] = [0] * len(prefix) + [1] * (end - start + len(suffix))
+                context_types = [1] * (end - start)
+                if self.data.question_match:
+                    asked = set(q)
+                    context_types = [2 if t in asked else 1 for t in ids[start:end]]
+                feature["token_type_ids"] = [0] * len(prefix) + context_types + [1] * len(suffix)
             if labelled:
                 if span is None:  # the gold text is not in the context: nothing to learn from this example
                     feature["start_positions"] = feature["end_positions"] = IGNORE_INDEX
