@@ -83,12 +83,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run_dir: Path, port: int, clients: int, max_tokens: int) -> subprocess.Popen:
+def start_server(run_dir: Path, port: int, clients: int, max_tokens: int, dtype: str) -> subprocess.Popen:
     import httpx
 
     cmd = [sys.executable, "-m", "lmforge.cli", "serve", "--model", str(run_dir), "--port", str(port),
            "--model_name", "bench", "--max_slots", str(max(1, clients)), "--max_concurrent", str(2 * clients + 8),
-           "--max_tokens_limit", str(max_tokens), "--request_timeout", "600", "--log_level", "warning"]
+           "--max_tokens_limit", str(max_tokens), "--request_timeout", "600", "--log_level", "warning",
+           "--dtype", dtype]
     proc = subprocess.Popen(cmd)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -168,8 +169,9 @@ async def run_clients(url: str, prompts: list[list[int]], clients: int, seconds:
     return {**counts, "elapsed": elapsed, "ttfts": ttfts, "itls": itls}
 
 
-def baseline_hf(run_dir: Path, prompts: list[list[int]], seconds: float, max_tokens: int, device: str) -> dict:
-    """Sequential greedy generation with a random GPT-2 of the served model's shape."""
+def baseline_hf(run_dir: Path, prompts: list[list[int]], seconds: float, max_tokens: int, device: str,
+                dtype: str) -> dict:
+    """Sequential greedy generation with a random GPT-2 of the served model's shape, in the same dtype."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = json.loads((run_dir / "config.json").read_text())
@@ -177,7 +179,7 @@ def baseline_hf(run_dir: Path, prompts: list[list[int]], seconds: float, max_tok
                                     n_embd=cfg["n_embd"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
                                     n_inner=cfg.get("intermediate_size"), activation_function="gelu_new",
                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
-                                    eos_token_id=None, pad_token_id=0)).eval().to(device)
+                                    eos_token_id=None, pad_token_id=0)).eval().to(device, getattr(torch, dtype))
     tokens, requests, k = 0, 0, 0
     with torch.inference_mode():
         warm = torch.tensor([prompts[0]], device=device)  # untimed, as the server gets a warm-up request
@@ -217,6 +219,8 @@ def main() -> None:
     ap.add_argument("--vocab_size", type=int, default=8192)
     ap.add_argument("--block_size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="weights and KV cache of the server and of the baseline")
     args = ap.parse_args()
     if args.clients < 1 or args.seconds <= 0 or args.max_tokens < 1:
         ap.error("--clients, --seconds and --max_tokens must be positive")
@@ -235,7 +239,7 @@ def main() -> None:
         cfg = json.loads((run_dir / "config.json").read_text())
         prompts = make_prompts(run_dir, 64, args.prompt_tokens, args.seed)
         port = free_port()
-        server = start_server(run_dir, port, args.clients, args.max_tokens)
+        server = start_server(run_dir, port, args.clients, args.max_tokens, args.dtype)
         try:
             rss_start = rss_mb(server.pid)
             print(f"server pid {server.pid} on port {port}, RSS {rss_start:.0f} MB; {args.clients} clients for "
@@ -249,7 +253,7 @@ def main() -> None:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
-        base = baseline_hf(run_dir, prompts, args.seconds, args.max_tokens, "cpu")
+        base = baseline_hf(run_dir, prompts, args.seconds, args.max_tokens, "cpu", args.dtype)
 
     ours = load["tokens"] / load["elapsed"]
     theirs = base["tokens"] / base["elapsed"]
@@ -273,7 +277,7 @@ def main() -> None:
         "config": {"n_layer": cfg.get("n_layer"), "n_head": cfg.get("n_head"), "n_embd": cfg.get("n_embd"),
                    "vocab_size": cfg.get("vocab_size"), "block_size": cfg.get("block_size"),
                    "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens, "greedy": True,
-                   "dtype": "float32", "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "dtype": args.dtype, "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "cpus": os.cpu_count()},
     }))
 

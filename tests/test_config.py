@@ -41,7 +41,7 @@ def test_every_finetune_recipe_parses_and_starts_from_something_real(recipe):
     if init.startswith("pkg:"):
         assert resolve_model_path(init).is_dir()
     else:
-        preset_config(init)
+        preset_config(init, **(sections.model.overrides or {}))  # the recipe's extra model settings are real fields
 
 
 def test_cli_overrides_win_over_recipe_and_dashes_work():

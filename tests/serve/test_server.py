@@ -304,3 +304,21 @@ def test_serve_verb_parses_its_options(tmp_path):
     assert _task_models(args.task_model) == {"classify": "runs/c"}
     with pytest.raises(ConfigError):
         _task_models(["classify"])
+
+
+def test_bfloat16_serving_equals_reference_generation_of_the_bfloat16_model(gpt_run):
+    import torch
+
+    from lmforge.errors import ConfigError
+
+    model, tokenizer = lf.load(str(gpt_run))
+    prompt, n = "The quick brown", 16
+    [[expected]] = lf.generate(model.to(torch.bfloat16), [prompt], tokenizer=tokenizer, temperature=0.0,
+                               max_new_tokens=n)
+    app = create_app(gpt_run, model_name=MODEL, dtype="bfloat16", max_slots=2)
+    assert next(app.state.server.engine.model.parameters()).dtype == torch.bfloat16
+    with LiveServer(app) as live:
+        r = _client(live).completions.create(model=MODEL, prompt=prompt, max_tokens=n, temperature=0)
+    assert r.choices[0].text == expected
+    with pytest.raises(ConfigError, match="dtype"):
+        create_app(gpt_run, dtype="float16")

@@ -28,6 +28,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -436,17 +437,21 @@ def _engine_error(exc: BaseException) -> APIError:
 
 
 # ---------------------------------------------------------------------- the app
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def create_app(model_dir: str | Path, *, api_keys: Iterable[str] = (), max_prompt_tokens: int | None = None,
                max_tokens_limit: int = 512, max_body_bytes: int = 1 << 20, max_concurrent: int = 64,
                request_timeout: float | None = 300.0, task_models: Mapping[str, str | Path] | None = None,
                max_slots: int = 16, max_num_batched_tokens: int | None = None, model_name: str | None = None,
-               device: str = "cpu") -> FastAPI:
+               device: str = "cpu", dtype: str = "float32") -> FastAPI:
     """The FastAPI app serving the decoder run in `model_dir` (and task runs named by `task_models`).
 
     Limits: prompts of at most `max_prompt_tokens` tokens (default: the context length less one),
     `max_tokens` at most `max_tokens_limit`, bodies of at most `max_body_bytes`, at most
     `max_concurrent` requests in progress (429 beyond), `request_timeout` seconds per request (504).
-    The engine runs `max_slots` requests at once. Models are loaded here, so mistakes show up now.
+    The engine runs `max_slots` requests at once, with weights and KV cache in `dtype` (float32 or
+    bfloat16). Models are loaded here, so mistakes show up now.
     """
     from lmforge.api import load, pipeline
 
@@ -456,7 +461,10 @@ def create_app(model_dir: str | Path, *, api_keys: Iterable[str] = (), max_promp
             raise ConfigError(f"{name} must be >= 1, got {value}", f"pass a positive --{name}")
     if max_prompt_tokens is not None and max_prompt_tokens < 1:
         raise ConfigError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}", "pass a positive value")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}", "pass --dtype float32")
     model, tokenizer = load(model_dir, device=device)
+    model = model.to(_DTYPES[dtype])
     engine = Engine(model, tokenizer, max_slots=max_slots,
                     max_num_batched_tokens=max_num_batched_tokens or max(512, max_slots))
     ctx = engine.scheduler.context_len
