@@ -4,6 +4,7 @@ tokenizers that agree token for token, the real all-MiniLM-L6-v2 checkpoint, and
 errors. No network: every HF model is built from a config here (or ships in a pip package)."""
 import io
 import json
+import re
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -290,7 +291,10 @@ def test_auto_tokenizer_encodes_like_ours(tmp_path, kind, preset):
     for text in ("The quick brown fox, Grüße 世界 🙂", "  spaces\nand lines\t", "zebra xylophone"):
         ids = hf_tok(text, add_special_tokens=False)["input_ids"]
         assert ids == ours.encode(text)
-        assert hf_tok.decode(ids, skip_special_tokens=True) == ours.decode(ids)
+        theirs = hf_tok.decode(ids, skip_special_tokens=True)
+        if kind == "wordpiece":  # we write CJK characters without the spaces HF's WordPiece decoder puts between them
+            theirs = re.sub(r"(?<=[\u4e00-\u9fff]) (?=[\u4e00-\u9fff])", "", theirs)
+        assert theirs == ours.decode(ids)
     assert hf_tok.pad_token_id == ours.pad_id
     if kind == "wordpiece":
         assert (hf_tok.cls_token, hf_tok.sep_token, hf_tok.mask_token) == ("[CLS]", "[SEP]", "[MASK]")
