@@ -347,6 +347,11 @@ class _Generation:
 
     async def next(self, *, watch_disconnect: bool) -> tuple[int, RequestOutput]:
         """The next output of any of this request's engine requests."""
+        if not self.sub.queue.empty() and time.monotonic() < self.deadline:  # already delivered: no wait needed
+            index, item = self.sub.queue.get_nowait()
+            if isinstance(item, BaseException):
+                raise _engine_error(item)
+            return index, item
         while True:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:

@@ -50,6 +50,9 @@ class EngineLoop:
         self._lock = threading.Lock()
         self._queued_adds = 0
         self._failers: dict[str, Callable[[BaseException], None]] = {}  # engine thread only
+        # Outputs produced by the engine thread, handed to the event loops once per step: one wake-up
+        # of a loop per step instead of one per streamed token.
+        self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]] = []
         self._stats = engine.stats()
         self._rate: deque[tuple[float, int]] = deque()
         self.error: BaseException | None = None
@@ -87,11 +90,8 @@ class EngineLoop:
         loop = asyncio.get_running_loop()
         out: asyncio.Queue = asyncio.Queue()
 
-        def push(item) -> None:
-            try:
-                loop.call_soon_threadsafe(out.put_nowait, item)
-            except RuntimeError:  # the event loop has closed: nobody waits for this any more
-                pass
+        def push(item) -> None:  # engine thread: delivered by the next `_flush`
+            self._outbox.append((loop, out, item))
 
         ids = [f"{request_id}-{i}" for i in range(len(items))]
         with self._lock:
@@ -149,12 +149,15 @@ class EngineLoop:
                     except Exception as e:  # a failed step must not leave its requests waiting forever
                         log.exception("engine step failed")
                         self._fail_all(e)
+                self._flush()
                 self._snapshot()
         except BaseException as e:
             self.error = e
             log.exception("the engine thread stopped")
             self._fail_all(EngineStopped(f"the generation engine stopped: {e}"))
             raise
+        finally:
+            self._flush()
 
     def _apply(self, cmd) -> None:
         if cmd[0] == "abort":
@@ -178,6 +181,20 @@ class EngineLoop:
             return
         self._failers[rid] = lambda exc: push((index, exc))
 
+    def _flush(self) -> None:
+        """Hand the outbox to the event loops that wait for it, one call per loop."""
+        if not self._outbox:
+            return
+        batch, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+        for loop, out, item in batch:
+            by_loop.setdefault(loop, []).append((out, item))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the event loop has closed: nobody waits for these any more
+                pass
+
     def _fail_all(self, exc: BaseException) -> None:
         failers, self._failers = self._failers, {}
         for rid, fail in failers.items():
@@ -197,3 +214,8 @@ class EngineLoop:
             # Keep one sample older than the window: the count at the window's start.
             while len(self._rate) > 1 and now - self._rate[1][0] > self.rate_window_s:
                 self._rate.popleft()
+
+
+def _put_all(items: list[tuple[asyncio.Queue, object]]) -> None:
+    for out, item in items:
+        out.put_nowait(item)
