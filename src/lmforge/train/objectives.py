@@ -10,6 +10,8 @@ Batches are dicts of tensors; `(input_ids, labels)` tuples from the LM window lo
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 
@@ -34,7 +36,7 @@ def causal_lm_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tup
     return token_cross_entropy_sum(model(input_ids), targets), (targets != IGNORE_INDEX).sum()
 
 
-class Objective:
+class Objective(ABC):
     """A training objective: what a batch looks like and how its loss terms are computed.
 
     Subclasses implement `counts` and `__call__` (dicts keyed by loss term) and say how batches are
@@ -51,18 +53,21 @@ class Objective:
     def prepare_model(self, model) -> None:
         """Adjust a freshly built model before training starts (e.g. freeze parts the loss never reaches)."""
 
+    @abstractmethod
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Units (targets) per loss term in `batch`: the denominators of the per-unit losses."""
 
+    @abstractmethod
     def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Summed loss per term over `batch`."""
 
     def make_loader(self, tokens, seq_len: int, batch_size: int, *, tokenizer, seed: int, rank: int = 0,
                     world_size: int = 1):
-        raise NotImplementedError
+        # Application tasks draw examples, not windows of a token stream (see lmforge.tasks).
+        raise TypeError(f"the {self.name} objective does not train from a token stream")
 
     def eval_batches(self, tokens, seq_len: int, batch_size: int, *, tokenizer, max_batches: int | None):
-        raise NotImplementedError
+        raise TypeError(f"the {self.name} objective is not evaluated on a token stream")
 
 
 class CausalLM(Objective):
