@@ -347,23 +347,21 @@ class _Generation:
 
     async def next(self, *, watch_disconnect: bool) -> tuple[int, RequestOutput]:
         """The next output of any of this request's engine requests."""
-        if not self.sub.queue.empty() and time.monotonic() < self.deadline:  # already delivered: no wait needed
-            index, item = self.sub.queue.get_nowait()
-            if isinstance(item, BaseException):
-                raise _engine_error(item)
-            return index, item
         while True:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise APIError(504, f"the request took longer than the server's limit of "
                                     f"{self.state.limits.request_timeout:g} s", "timeout_error", code="timeout")
-            wait = min(remaining, 1.0) if watch_disconnect else remaining
-            try:
-                index, item = await asyncio.wait_for(self.sub.queue.get(), timeout=wait)
-            except asyncio.TimeoutError:
-                if watch_disconnect and await self.request.is_disconnected():
-                    raise _ClientGone() from None
-                continue
+            if not self.sub.queue.empty():  # already delivered: no need to wait (or create a task) for it
+                index, item = self.sub.queue.get_nowait()
+            else:
+                wait = min(remaining, 1.0) if watch_disconnect else remaining
+                try:
+                    index, item = await asyncio.wait_for(self.sub.queue.get(), timeout=wait)
+                except asyncio.TimeoutError:
+                    if watch_disconnect and await self.request.is_disconnected():
+                        raise _ClientGone() from None
+                    continue
             if isinstance(item, BaseException):
                 raise _engine_error(item)
             return index, item
