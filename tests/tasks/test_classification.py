@@ -243,6 +243,8 @@ def test_finetune_cli_with_overrides(sentiment, tmp_path):
     (["--task", "sentiment"], "unknown task"),
     (["--train.lr", "-1"], "train.lr"),
     (["--method.method", "prefix"], "method.method"),
+    (["--method.label_smoothing", "1.5"], "method.label_smoothing"),
+    (["--model.overrides", "{no_such_field: 1}"], "no_such_field"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_no_run(sentiment, tmp_path, capsys, args, message):
     run = tmp_path / "bad"
