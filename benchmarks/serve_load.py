@@ -3,7 +3,10 @@
 The script starts the server on 127.0.0.1 (a subprocess, so its memory can be read), then N clients
 (asyncio + httpx) each send streaming completion requests back to back for `--seconds`: a
 32-token prompt, greedy, `--max_tokens` new tokens. It reports requests/s, output tokens/s,
-p50/p99 time to first token and inter-token latency, errors, and the server's RSS before and after.
+p50/p99 time to first token and inter-token latency, errors, and the server's RSS: before the load,
+then sampled every second while it runs. A server that leaks grows for as long as the load lasts;
+one that does not grows while it warms up (first batches, allocator pools) and then stays level,
+so the report also gives the RSS at half time and the growth over the second half.
 In-flight requests at the deadline finish and count; throughput is over the whole time taken.
 
 The baseline is what a server without batching does: Hugging Face `GPT2LMHeadModel.generate()`
@@ -29,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +79,33 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's RSS (MB) every `interval` seconds until stopped: `samples` holds (seconds, MB)."""
+
+    def __init__(self, pid: int, interval: float = 1.0):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop_event = threading.Event()
+        self._start = time.perf_counter()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.samples.append((time.perf_counter() - self._start, rss_mb(self.pid)))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._stop_event.set()
+        self.join()
+        self.samples.append((time.perf_counter() - self._start, rss_mb(self.pid)))
+        return self.samples
+
+
+def rss_at(samples: list[tuple[float, float]], t: float) -> float:
+    """The first sample taken at or after `t` seconds."""
+    return next((mb for s, mb in samples if s >= t), samples[-1][1])
 
 
 def free_port() -> int:
@@ -244,9 +275,12 @@ def main() -> None:
             rss_start = rss_mb(server.pid)
             print(f"server pid {server.pid} on port {port}, RSS {rss_start:.0f} MB; {args.clients} clients for "
                   f"{args.seconds:g} s, {args.max_tokens} tokens per request", flush=True)
+            sampler = RssSampler(server.pid)
+            sampler.start()
             load = asyncio.run(run_clients(f"http://127.0.0.1:{port}/v1/completions", prompts, args.clients,
                                            args.seconds, args.max_tokens))
-            rss_end = rss_mb(server.pid)
+            samples = sampler.stop()
+            rss_end = samples[-1][1]
         finally:
             server.terminate()
             try:
@@ -255,13 +289,16 @@ def main() -> None:
                 server.kill()
         base = baseline_hf(run_dir, prompts, args.seconds, args.max_tokens, "cpu", args.dtype)
 
+    rss_half = rss_at(samples, samples[-1][0] / 2)
+    rss_peak = max(mb for _, mb in samples)
     ours = load["tokens"] / load["elapsed"]
     theirs = base["tokens"] / base["elapsed"]
     ttft, itl = load["ttfts"], load["itls"]
     print(f"lmforge serve: {load['requests']} requests ({load['requests'] / load['elapsed']:.2f}/s), "
           f"{ours:.1f} output tok/s, TTFT p50 {pct(ttft, 50) * 1e3:.0f} ms p99 {pct(ttft, 99) * 1e3:.0f} ms, "
           f"ITL p50 {pct(itl, 50) * 1e3:.1f} ms p99 {pct(itl, 99) * 1e3:.1f} ms, {load['errors']} errors, "
-          f"RSS {rss_start:.0f} -> {rss_end:.0f} MB")
+          f"RSS {rss_start:.0f} MB before, {rss_half:.0f} MB at half time, {rss_end:.0f} MB at the end "
+          f"(peak {rss_peak:.0f}; {rss_end - rss_half:+.0f} MB over the second half)")
     print(f"transformers sequential: {base['requests']} requests, {theirs:.1f} output tok/s; "
           f"ratio {ours / theirs if theirs else float('nan'):.2f}")
     print(json.dumps({
@@ -271,7 +308,9 @@ def main() -> None:
         "clients": args.clients, "seconds": round(load["elapsed"], 2), "errors": load["errors"],
         "p50_ttft_ms": round(pct(ttft, 50) * 1e3, 1), "p99_ttft_ms": round(pct(ttft, 99) * 1e3, 1),
         "p50_itl_ms": round(pct(itl, 50) * 1e3, 2), "p99_itl_ms": round(pct(itl, 99) * 1e3, 2),
-        "rss_start_mb": round(rss_start, 1), "rss_end_mb": round(rss_end, 1),
+        "rss_start_mb": round(rss_start, 1), "rss_half_mb": round(rss_half, 1), "rss_end_mb": round(rss_end, 1),
+        "rss_peak_mb": round(rss_peak, 1), "rss_second_half_growth_mb": round(rss_end - rss_half, 1),
+        "rss_samples_mb": [[round(t), round(mb, 1)] for t, mb in samples[::10]],
         "requests": load["requests"], "requests_per_s": round(load["requests"] / load["elapsed"], 3),
         "output_tokens": load["tokens"], "baseline_requests": base["requests"],
         "config": {"n_layer": cfg.get("n_layer"), "n_head": cfg.get("n_head"), "n_embd": cfg.get("n_embd"),

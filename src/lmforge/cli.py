@@ -153,6 +153,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--tokenizer", default="char", choices=["bpe", "wordpiece", "unigram", "char"])
     p.add_argument("--vocab_size", type=int, default=8192, help="for bpe/wordpiece/unigram tokenizers")
     p.add_argument("--clean", type=bool, default=False, help="normalise the text first (default: keep it as is)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout for every neural model (longer budgets need it)")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace earlier runs in --out")
     verbs.add_subcommand("compare", p, help="compare model families at equal training time")
@@ -269,7 +270,8 @@ def run(argv: list[str]) -> int:
         from pathlib import Path
 
         api.compare(args.data, args.budget_seconds, args.out, models=args.models, tokenizer=args.tokenizer,
-                    vocab_size=args.vocab_size, clean=args.clean, device=args.device, overwrite=args.overwrite)
+                    vocab_size=args.vocab_size, clean=args.clean, dropout=args.dropout, device=args.device,
+                    overwrite=args.overwrite)
         print((Path(args.out) / "compare.md").read_text())
     elif verb == "convert":
         from lmforge.interop.hf import describe

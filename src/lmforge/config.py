@@ -58,6 +58,7 @@ class ModelSpec:
     bias: bool | None = None
     tie_embeddings: bool | None = None
     dropout: float | None = None
+    attention_dropout: float | None = None  # GPT: on attention probabilities (default: dropout)
     hidden_size: int | None = None       # recurrent models: state size
     cell: str | None = None              # recurrent models: rnn, lstm or gru
     order: int | None = None             # n-gram models: tokens per n-gram

@@ -74,6 +74,7 @@ def test_compare_end_to_end(corpus):
     table = (out / "compare.md").read_text()
     assert "ngram-debug" in table and "lstm-debug" in table and "val bits/char" in table
     assert rows["lstm-debug"]["steps"] >= 1 and rows["lstm-debug"]["stop_reason"] in ("max_seconds", "max_steps")
+    assert result["dropout"] == 0.0 and rows["lstm-debug"]["dropout"] == 0.0
 
     # Bits per character over the whole validation split, recomputed through the n-gram's own per-token path.
     meta = json.loads((out / "data" / "meta.json").read_text())
@@ -84,9 +85,25 @@ def test_compare_end_to_end(corpus):
                                                            rel=1e-5)
 
 
+def test_compare_dropout_reaches_every_neural_model(corpus):
+    out = corpus / "cmp-dropout"
+    r = lmforge("compare", "--data", corpus / "corpus.txt", "--budget_seconds", "1", "--models",
+                "ngram-debug,gru-debug,debug", "--dropout", "0.25", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((out / "compare.json").read_text())
+    rows = {row["model"]: row for row in result["models"]}
+    assert result["dropout"] == 0.25 and "dropout 0.25" in (out / "compare.md").read_text()
+    assert rows["gru-debug"]["dropout"] == rows["debug"]["dropout"] == 0.25
+    assert rows["ngram-debug"]["dropout"] is None
+    gpt = json.loads((out / "debug" / "config.json").read_text())
+    assert gpt["dropout"] == 0.25 and gpt["attention_dropout"] == 0.0  # attention keeps its fused kernel
+    assert json.loads((out / "gru-debug" / "config.json").read_text())["dropout"] == 0.25
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--models", "ngram-debug,lstm-dbug"], ["lstm-dbug", "lstm-debug"]),
     (["--budget_seconds", "0"], ["budget_seconds"]),
+    (["--dropout", "1.5"], ["dropout", "[0, 1)"]),
 ])
 def test_bad_comparisons_fail_in_one_line(corpus, tmp_path, args, fragments):
     base = {"--budget_seconds": "1", "--models": "ngram-debug"}

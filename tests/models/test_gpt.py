@@ -78,12 +78,31 @@ def test_gpt2_124m_parameter_count():
     (dict(norm="batchnorm"), "norm"),
     (dict(mlp="relu"), "mlp"),
     (dict(dropout=1.0), "dropout"),
+    (dict(attention_dropout=-0.1), "attention_dropout"),
     (dict(position="rope", n_embd=36, n_head=4), "even"),  # head size 9
 ])
 def test_invalid_configs_raise_config_error(bad, word):
     with pytest.raises(ConfigError) as e:
         GPTConfig(**{**SMALL, **bad})
     assert word in str(e.value) and e.value.fix
+
+
+def test_attention_dropout_is_separate_from_residual_dropout():
+    """attention_dropout=0 keeps dropout on embeddings and residual branches but leaves the
+    attention probabilities whole: with every other dropout layer switched to eval mode, a
+    training-mode forward equals the eval forward only when attention dropout is off."""
+    torch.manual_seed(0)
+    x = torch.randint(0, SMALL["vocab_size"], (2, 16))
+    for attention_dropout, same in ((0.0, True), (None, False)):
+        model = GPT(GPTConfig(**{**SMALL, "dropout": 0.5, "attention_dropout": attention_dropout}))
+        assert all(b.attn.dropout == (0.5 if attention_dropout is None else 0.0) for b in model.blocks)
+        with torch.no_grad():
+            reference = model.eval()(x)
+            model.train()
+            for m in model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.eval()
+            assert torch.allclose(model(x), reference, atol=1e-6) == same
 
 
 def test_unknown_config_key_and_preset():

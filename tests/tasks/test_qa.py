@@ -231,6 +231,28 @@ def test_question_match_gives_a_fresh_bert_a_third_segment_type_and_refuses_othe
     assert not (tmp_path / "gpt").exists()
 
 
+def test_question_match_adds_a_segment_type_to_a_pretrained_bert_without_changing_it():
+    import torch
+
+    from lmforge.models.registry import build_model
+    from lmforge.tasks.qa import QATask
+
+    torch.manual_seed(0)
+    bert = build_model("bert-debug").eval()
+    assert bert.config.type_vocab_size == 2
+    ids = torch.randint(5, bert.config.vocab_size, (2, 12))
+    types = torch.tensor([[0] * 5 + [1] * 7] * 2)
+    with torch.no_grad():
+        before = bert.features(ids, token_type_ids=types)
+        QATask.check_backbone(bert, TaskDataConfig(train="-", question_match=True))
+        assert bert.config.type_vocab_size == 3 and bert.embeddings.wtt.num_embeddings == 3
+        assert torch.equal(bert.features(ids, token_type_ids=types), before)
+        # the new type starts as the passage type, so marking matches changes nothing until training
+        matched = types.clone()
+        matched[:, 6:9] = 2
+        assert torch.equal(bert.features(ids, token_type_ids=matched), before)
+
+
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     from lmforge import api

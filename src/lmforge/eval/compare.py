@@ -14,6 +14,10 @@ warmup, and is re-estimated after every step from the measured rate, so the cosi
 rate schedule reaches its end as the budget runs out. `max_seconds` is the hard stop. Count-
 based n-gram models are fitted in one pass and are reported with their fitting time.
 
+`dropout` applies to every neural model alike (embeddings, between layers, residual branches;
+not to attention probabilities, see `_train_and_score`). At budgets of minutes these models see
+a small text many times over and their training loss falls well below the validation loss.
+
 Writes `out/compare.md` (table), `out/compare.json` and `out/compare.png` (bits per character per
 model, and training loss in bits per character against seconds).
 """
@@ -67,7 +71,7 @@ def parse_models(models) -> list[str]:
 
 def compare(data: str, budget_seconds: float, out: str | Path, *, models=DEFAULT_MODELS, tokenizer: str = "char",
             vocab_size: int = 8192, val_fraction: float = 0.1, clean: bool = False, device: str = "auto",
-            seed: int = 1337, overwrite: bool = False, progress: bool = True) -> dict:
+            seed: int = 1337, dropout: float = 0.0, overwrite: bool = False, progress: bool = True) -> dict:
     """Train each of `models` for `budget_seconds` on `data` and compare their validation bits per character.
 
     `data` is anything `lmforge prepare` reads, or a prepared dataset directory. `clean=False`
@@ -81,6 +85,8 @@ def compare(data: str, budget_seconds: float, out: str | Path, *, models=DEFAULT
     if not isinstance(budget_seconds, (int, float)) or not math.isfinite(budget_seconds) or budget_seconds <= 0:
         raise ConfigError(f"budget_seconds must be a positive number of seconds, got {budget_seconds}",
                           "pass e.g. --budget_seconds 60")
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}", "pass e.g. --dropout 0.2")
     names = parse_models(models)
     for name in names:
         family = preset_config(name).to_dict()["family"]
@@ -110,14 +116,15 @@ def compare(data: str, budget_seconds: float, out: str | Path, *, models=DEFAULT
         if run_dir.exists():
             shutil.rmtree(run_dir)
         _say(progress, f"[compare] {name}: training for {budget_seconds:g} s ...")
-        rows.append(_train_and_score(name, data_dir, run_dir, meta, budget_seconds, device=device, seed=seed))
+        rows.append(_train_and_score(name, data_dir, run_dir, meta, budget_seconds, device=device, seed=seed,
+                                     dropout=dropout))
         r = rows[-1]
         _say(progress, f"[compare] {name}: {r['val_bpc']:.4f} bits/char after {r['steps']} steps, "
                        f"{r['train_seconds']:.1f} s")
 
     result = {
         "data": str(data), "data_dir": str(data_dir), "tokenizer": meta.get("tokenizer"),
-        "budget_seconds": budget_seconds, "val_chars": meta["val_chars"], "val_tokens": meta["val_tokens"],
+        "budget_seconds": budget_seconds, "dropout": dropout, "val_chars": meta["val_chars"], "val_tokens": meta["val_tokens"],
         "load_average_at_start": load, "torch_threads": torch.get_num_threads(), "models": rows,
     }
     write_json_atomic(out / "compare.json", result)
@@ -132,15 +139,19 @@ def _say(enabled: bool, text: str) -> None:
 
 
 def _train_and_score(name: str, data_dir: Path, run_dir: Path, meta: dict, budget: float, *, device: str,
-                     seed: int) -> dict:
+                     seed: int, dropout: float) -> dict:
     from lmforge.api import _model_config, pretrain
     from lmforge.config import ModelSpec, TrainConfig
     from lmforge.eval.perplexity import evaluate_perplexity
     from lmforge.models.registry import load_model
 
     spec = ModelSpec(preset=name)
+    family = _model_config(spec, meta).to_dict()["family"]
+    if family != "ngram" and dropout:
+        # Not on a transformer's attention probabilities: that forces SDPA off its fused kernels
+        # and costs ~50% more time per step, which a fixed budget pays for in fewer steps.
+        spec = ModelSpec(preset=name, dropout=dropout, attention_dropout=0.0 if family == "gpt" else None)
     cfg = _model_config(spec, meta)
-    family = cfg.to_dict()["family"]
     if family == "ngram":
         train = TrainConfig(progress=False, device=device, seed=seed)
         on_step = None
@@ -170,7 +181,7 @@ def _train_and_score(name: str, data_dir: Path, run_dir: Path, meta: dict, budge
         "parameters": int(summary.get("parameters") or 0), "ngrams": ngrams,
         "steps": summary["steps"], "tokens_seen": summary["tokens"],
         "train_seconds": summary.get("fit_seconds", summary["wall_seconds"]),
-        "val_loss": scored["loss"], "val_bpc": nats / math.log(2) / meta["val_chars"],
+        "dropout": getattr(cfg, "dropout", None), "val_loss": scored["loss"], "val_bpc": nats / math.log(2) / meta["val_chars"],
         "stop_reason": summary.get("stop_reason"), "lr": train.lr if family != "ngram" else None,
         "run_dir": str(run_dir),
     }
@@ -212,7 +223,9 @@ def _seconds_per_step(cfg, data_dir: Path, meta: dict, train) -> float:
 
 # ---------------------------------------------------------------- reports
 def _markdown(result: dict) -> str:
-    lines = [f"# Model comparison: {result['budget_seconds']:g} s per model",
+    drop = result.get("dropout") or 0.0
+    lines = [f"# Model comparison: {result['budget_seconds']:g} s per model"
+             + (f", dropout {drop:g}" if drop else ""),
              "",
              f"Data: `{result['data']}` ({result['tokenizer']} tokens; {result['val_chars']:,} validation characters). "
              "Bits per character = total validation NLL in nats / ln 2 / validation characters.",

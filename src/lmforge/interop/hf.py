@@ -244,7 +244,17 @@ def gpt2_config_from_hf(hf: dict) -> GPTConfig:
                      intermediate_size=hf.get("n_inner"), position="learned", norm="layernorm",
                      norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp=_GELUS[act], bias=True,
                      tie_embeddings=hf.get("tie_word_embeddings", True), dropout=hf.get("resid_pdrop", 0.1),
+                     attention_dropout=_separate(hf.get("attn_pdrop", 0.1), hf.get("resid_pdrop", 0.1)),
                      init_std=hf.get("initializer_range", 0.02))
+
+
+def _separate(attention: float, residual: float) -> float | None:
+    """GPTConfig.attention_dropout: None (the same as dropout) unless the HF config sets it apart."""
+    return None if attention == residual else attention
+
+
+def _attention_dropout(cfg: GPTConfig) -> float:
+    return cfg.dropout if cfg.attention_dropout is None else cfg.attention_dropout
 
 
 def gpt2_config_to_hf(cfg: GPTConfig) -> dict:
@@ -253,7 +263,7 @@ def gpt2_config_to_hf(cfg: GPTConfig) -> dict:
     return {"vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_ctx": cfg.block_size,
             "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "n_inner": cfg.intermediate_size,
             "activation_function": "gelu_new" if cfg.mlp == "gelu" else "gelu", "layer_norm_epsilon": cfg.norm_eps,
-            "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+            "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": _attention_dropout(cfg),
             "scale_attn_weights": True, "initializer_range": cfg.init_std, "tie_word_embeddings": cfg.tie_embeddings}
 
 
@@ -294,7 +304,7 @@ def llama_config_to_hf(cfg: GPTConfig) -> dict:
             "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
             "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
             "rope_scaling": None, "hidden_act": "silu", "attention_bias": cfg.bias, "mlp_bias": cfg.bias,
-            "attention_dropout": cfg.dropout, "initializer_range": cfg.init_std,
+            "attention_dropout": _attention_dropout(cfg), "initializer_range": cfg.init_std,
             "tie_word_embeddings": cfg.tie_embeddings}
 
 

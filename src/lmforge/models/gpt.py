@@ -36,6 +36,7 @@ class GPTConfig:
     bias: bool = True
     tie_embeddings: bool = True
     dropout: float = 0.0
+    attention_dropout: float | None = None  # on the attention probabilities; None = dropout
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -59,8 +60,10 @@ class GPTConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}",
                                   f"pass --model.{name} {allowed[0]}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}", "pass e.g. --model.dropout 0.1")
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {value}", f"pass e.g. --model.{name} 0.1")
 
     @property
     def head_dim(self) -> int:
@@ -86,7 +89,7 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.attn = SelfAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, bias=cfg.bias, dropout=cfg.dropout,
-                                  causal=True)
+                                  attention_dropout=cfg.attention_dropout, causal=True)
         self.ln_2 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.mlp = MLP(cfg.n_embd, cfg.intermediate_size, kind=cfg.mlp, bias=cfg.bias, dropout=cfg.dropout)
 

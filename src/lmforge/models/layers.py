@@ -193,10 +193,12 @@ class SelfAttention(nn.Module):
 
     `head_dim` defaults to n_embd // n_head; `scale` multiplies the scores (default 1/sqrt(head_dim)).
     `mask` may be bool (True = attend) or an additive float bias such as T5's relative positions.
+    `dropout` applies to the output projection and, unless `attention_dropout` is given, to the
+    attention probabilities too; dropping probabilities forces SDPA off its fused CPU kernels.
     """
 
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int, *, bias: bool, dropout: float,
-                 causal: bool = True, rope_theta: float | None = None, head_dim: int | None = None,
+                 attention_dropout: float | None = None, causal: bool = True, rope_theta: float | None = None, head_dim: int | None = None,
                  scale: float | None = None):
         super().__init__()
         assert n_head % n_kv_head == 0 and (head_dim is not None or n_embd % n_head == 0)
@@ -204,7 +206,7 @@ class SelfAttention(nn.Module):
         self.head_dim = head_dim or n_embd // n_head
         self.causal = causal
         self.rope_theta = rope_theta
-        self.dropout = dropout
+        self.dropout = dropout if attention_dropout is None else attention_dropout
         self.scale = scale
         self.use_naive = False  # flipped by tests to compare against the reference path
         self.qkv = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)

@@ -73,7 +73,8 @@ class Task(Objective, metaclass=ABCMeta):
 
     @classmethod
     def check_backbone(cls, backbone, data: TaskDataConfig) -> None:
-        """ConfigError when `backbone` cannot serve these data settings."""
+        """Adapt `backbone` to these data settings where that is possible without losing what it
+        learned; ConfigError when it cannot serve them."""
 
     @classmethod
     def context_needed(cls, data: TaskDataConfig) -> int:

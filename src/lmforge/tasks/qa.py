@@ -67,11 +67,11 @@ class QATask(Task):
         from lmforge.errors import ConfigError
 
         types = getattr(backbone.config, "type_vocab_size", 0)
-        if backbone.family != "bert" or types < 3:
-            raise ConfigError(f"data.question_match needs a BERT-family model with 3 segment types; this "
-                              f"{backbone.family} model has {types}",
-                              "start from a fresh bert preset (it gets a third segment type) or drop "
-                              "data.question_match")
+        if backbone.family != "bert":
+            raise ConfigError(f"data.question_match needs a BERT-family model with segment embeddings; this is a "
+                              f"{backbone.family} model", "start from a bert model or drop data.question_match")
+        if types < 3:
+            add_segment_type(backbone)
 
     # ------------------------------------------------------------------ data
     def max_input_tokens(self) -> int:
@@ -350,3 +350,18 @@ def _softmax_at(logits: np.ndarray, inside: np.ndarray, i: int) -> float:
     x = np.asarray(logits, dtype=np.float64)[inside]
     m = x.max()
     return float(math.exp(float(logits[i]) - m) / np.exp(x - m).sum())
+
+
+def add_segment_type(bert) -> None:
+    """Give a pretrained BERT a third segment type for `data.question_match`.
+
+    The new row starts as a copy of segment 1 (the passage), so the model computes exactly what it
+    did before until fine-tuning teaches it what a passage token that also occurs in the question means.
+    """
+    old = bert.embeddings.wtt
+    new = torch.nn.Embedding(3, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight[:old.num_embeddings] = old.weight
+        new.weight[old.num_embeddings:] = old.weight[-1]
+    bert.embeddings.wtt = new
+    bert.config.type_vocab_size = 3
