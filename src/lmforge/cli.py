@@ -153,7 +153,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--tokenizer", default="char", choices=["bpe", "wordpiece", "unigram", "char"])
     p.add_argument("--vocab_size", type=int, default=8192, help="for bpe/wordpiece/unigram tokenizers")
     p.add_argument("--clean", type=bool, default=False, help="normalise the text first (default: keep it as is)")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout for every neural model (longer budgets need it)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout for every neural model alike")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace earlier runs in --out")
     verbs.add_subcommand("compare", p, help="compare model families at equal training time")

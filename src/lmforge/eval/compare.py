@@ -124,7 +124,8 @@ def compare(data: str, budget_seconds: float, out: str | Path, *, models=DEFAULT
 
     result = {
         "data": str(data), "data_dir": str(data_dir), "tokenizer": meta.get("tokenizer"),
-        "budget_seconds": budget_seconds, "dropout": dropout, "val_chars": meta["val_chars"], "val_tokens": meta["val_tokens"],
+        "budget_seconds": budget_seconds, "dropout": dropout, "val_chars": meta["val_chars"],
+        "val_tokens": meta["val_tokens"],
         "load_average_at_start": load, "torch_threads": torch.get_num_threads(), "models": rows,
     }
     write_json_atomic(out / "compare.json", result)
@@ -143,10 +144,10 @@ def _train_and_score(name: str, data_dir: Path, run_dir: Path, meta: dict, budge
     from lmforge.api import _model_config, pretrain
     from lmforge.config import ModelSpec, TrainConfig
     from lmforge.eval.perplexity import evaluate_perplexity
-    from lmforge.models.registry import load_model
+    from lmforge.models.registry import load_model, preset_config
 
     spec = ModelSpec(preset=name)
-    family = _model_config(spec, meta).to_dict()["family"]
+    family = preset_config(name).to_dict()["family"]
     if family != "ngram" and dropout:
         # Not on a transformer's attention probabilities: that forces SDPA off its fused kernels
         # and costs ~50% more time per step, which a fixed budget pays for in fewer steps.
@@ -181,7 +182,8 @@ def _train_and_score(name: str, data_dir: Path, run_dir: Path, meta: dict, budge
         "parameters": int(summary.get("parameters") or 0), "ngrams": ngrams,
         "steps": summary["steps"], "tokens_seen": summary["tokens"],
         "train_seconds": summary.get("fit_seconds", summary["wall_seconds"]),
-        "dropout": getattr(cfg, "dropout", None), "val_loss": scored["loss"], "val_bpc": nats / math.log(2) / meta["val_chars"],
+        "dropout": getattr(cfg, "dropout", None), "val_loss": scored["loss"],
+        "val_bpc": nats / math.log(2) / meta["val_chars"],
         "stop_reason": summary.get("stop_reason"), "lr": train.lr if family != "ngram" else None,
         "run_dir": str(run_dir),
     }

@@ -244,11 +244,11 @@ def gpt2_config_from_hf(hf: dict) -> GPTConfig:
                      intermediate_size=hf.get("n_inner"), position="learned", norm="layernorm",
                      norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp=_GELUS[act], bias=True,
                      tie_embeddings=hf.get("tie_word_embeddings", True), dropout=hf.get("resid_pdrop", 0.1),
-                     attention_dropout=_separate(hf.get("attn_pdrop", 0.1), hf.get("resid_pdrop", 0.1)),
+                     attention_dropout=_attention_dropout_from_hf(hf.get("attn_pdrop", 0.1), hf.get("resid_pdrop", 0.1)),
                      init_std=hf.get("initializer_range", 0.02))
 
 
-def _separate(attention: float, residual: float) -> float | None:
+def _attention_dropout_from_hf(attention: float, residual: float) -> float | None:
     """GPTConfig.attention_dropout: None (the same as dropout) unless the HF config sets it apart."""
     return None if attention == residual else attention
 

@@ -198,8 +198,8 @@ class SelfAttention(nn.Module):
     """
 
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int, *, bias: bool, dropout: float,
-                 attention_dropout: float | None = None, causal: bool = True, rope_theta: float | None = None, head_dim: int | None = None,
-                 scale: float | None = None):
+                 attention_dropout: float | None = None, causal: bool = True, rope_theta: float | None = None,
+                 head_dim: int | None = None, scale: float | None = None):
         super().__init__()
         assert n_head % n_kv_head == 0 and (head_dim is not None or n_embd % n_head == 0)
         self.n_head, self.n_kv_head = n_head, n_kv_head
