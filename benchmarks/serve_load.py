@@ -114,13 +114,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run_dir: Path, port: int, clients: int, max_tokens: int, dtype: str) -> subprocess.Popen:
+def start_server(run_dir: Path, port: int, clients: int, max_tokens: int, dtype: str, device: str) -> subprocess.Popen:
     import httpx
 
     cmd = [sys.executable, "-m", "lmforge.cli", "serve", "--model", str(run_dir), "--port", str(port),
            "--model_name", "bench", "--max_slots", str(max(1, clients)), "--max_concurrent", str(2 * clients + 8),
            "--max_tokens_limit", str(max_tokens), "--request_timeout", "600", "--log_level", "warning",
-           "--dtype", dtype]
+           "--dtype", dtype, "--device", device]
     proc = subprocess.Popen(cmd)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -252,7 +252,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="weights and KV cache of the server and of the baseline")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the server and the baseline run")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda requested but CUDA is not available")
     if args.clients < 1 or args.seconds <= 0 or args.max_tokens < 1:
         ap.error("--clients, --seconds and --max_tokens must be positive")
 
@@ -270,7 +273,7 @@ def main() -> None:
         cfg = json.loads((run_dir / "config.json").read_text())
         prompts = make_prompts(run_dir, 64, args.prompt_tokens, args.seed)
         port = free_port()
-        server = start_server(run_dir, port, args.clients, args.max_tokens, args.dtype)
+        server = start_server(run_dir, port, args.clients, args.max_tokens, args.dtype, args.device)
         try:
             rss_start = rss_mb(server.pid)
             print(f"server pid {server.pid} on port {port}, RSS {rss_start:.0f} MB; {args.clients} clients for "
@@ -287,7 +290,7 @@ def main() -> None:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
-        base = baseline_hf(run_dir, prompts, args.seconds, args.max_tokens, "cpu", args.dtype)
+        base = baseline_hf(run_dir, prompts, args.seconds, args.max_tokens, args.device, args.dtype)
 
     rss_half = rss_at(samples, samples[-1][0] / 2)
     rss_peak = max(mb for _, mb in samples)
@@ -302,7 +305,7 @@ def main() -> None:
     print(f"transformers sequential: {base['requests']} requests, {theirs:.1f} output tok/s; "
           f"ratio {ours / theirs if theirs else float('nan'):.2f}")
     print(json.dumps({
-        "benchmark": "serve_load", "device": "cpu", "ours": round(ours, 2),
+        "benchmark": "serve_load", "device": args.device, "ours": round(ours, 2),
         "baseline_name": f"transformers {transformers.__version__} GPT2LMHeadModel.generate, one request at a time",
         "baseline": round(theirs, 2), "unit": "tokens/s", "ratio": round(ours / theirs, 3) if theirs else None,
         "clients": args.clients, "seconds": round(load["elapsed"], 2), "errors": load["errors"],

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lmforge.config import TrainConfig  # noqa: E402
-from lmforge.models.gpt import GPTConfig  # noqa: E402
+from lmforge.models.gpt import GPTConfig, flops_per_token  # noqa: E402
 from lmforge.models.registry import build_model  # noqa: E402
 from lmforge.train.distributed import DistInfo, resolve_device  # noqa: E402
 from lmforge.train.optim import parameter_groups  # noqa: E402
@@ -103,6 +103,14 @@ def transformers_contestant(args, precision: str, device: torch.device) -> Conte
         return float(loss.detach())
 
     return Contestant(f"transformers {precision}", step)
+
+
+def gpu_peak_bf16_tflops(name: str) -> float | None:
+    """Dense bf16 tensor-core peak of the GPUs whose figure is published (SXM parts; PCIe ones are lower)."""
+    for key, tflops in (("H200", 989.0), ("H100", 989.0), ("A100", 312.0)):
+        if key in name:
+            return tflops
+    return None
 
 
 class _CpuMeter:
@@ -180,6 +188,8 @@ def main() -> None:
     p.add_argument("--max_other_cpu", type=float, default=0.3,
                    help="re-measure a CPU step while other processes used more cores than this")
     p.add_argument("--retries", type=int, default=3, help="re-measurements allowed per step")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="the GPU's dense bf16 peak, for MFU (default: known for H100/H200/A100, else no MFU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="print every step")
     args = p.parse_args()
@@ -245,6 +255,16 @@ def main() -> None:
             if name.startswith("transformers"):
                 result[f"ratio_ours_best_vs_{name.replace(' ', '_')}"] = round(speed[best] / speed[name], 3)
         result["first_step_seconds"] = {c.name: round(c.first_step_seconds, 2) for c in contestants}
+    peak = args.peak_tflops or (gpu_peak_bf16_tflops(torch.cuda.get_device_name(device))
+                                if device.type == "cuda" else None)
+    if peak:
+        # Model FLOPs utilisation: the matmul FLOPs a step needs (PaLM's count, as flops_per_token) per
+        # second, over the GPU's dense bf16 peak.
+        per_token = flops_per_token(GPTConfig(vocab_size=args.vocab_size, block_size=args.seq_len, n_layer=args.n_layer,
+                                              n_head=args.n_head, n_embd=args.n_embd), args.seq_len)
+        result["peak_tflops"] = peak
+        result["mfu"] = round(per_token * ours_tps / (peak * 1e12), 4)
+        result["baseline_mfu"] = round(per_token * theirs_tps / (peak * 1e12), 4)
     result.update({
         "config": {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd, "vocab_size": args.vocab_size,
                    "seq_len": args.seq_len, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,

@@ -66,6 +66,26 @@ def test_generate_and_eval(trained, corpus):
     assert result["perplexity"] > 1 and result["bits_per_byte"] > 0
 
 
+def test_generate_and_eval_on_an_explicit_cpu_device_equal_the_default(trained, corpus):
+    args = ["--model", trained, "--prompt", "The quick", "--max-new-tokens", "20", "--temperature", "0", "--no_stream"]
+    default, cpu = lmforge("generate", *args), lmforge("generate", *args, "--device", "cpu")
+    assert cpu.returncode == 0, cpu.stderr
+    if not __import__("torch").cuda.is_available():  # the default is auto: the GPU when there is one
+        assert cpu.stdout == default.stdout
+
+
+@pytest.mark.parametrize("device,fragment", [("tpu", "unknown device 'tpu'"),
+                                             ("cuda", "CUDA is not available")])
+def test_unusable_device(trained, corpus, device, fragment):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_user_error(lmforge("generate", "--model", trained, "--prompt", "x", "--device", device), fragment)
+    assert_user_error(lmforge("eval", "perplexity", "--model", trained, "--data", corpus / "corpus.txt",
+                              "--device", device), fragment)
+
+
 def test_missing_data_path(tmp_path):
     assert_user_error(lmforge("pretrain", "--data", tmp_path / "nope.txt", "--out", tmp_path / "run"), "nope.txt")
     assert not (tmp_path / "run").exists()

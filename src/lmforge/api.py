@@ -229,7 +229,8 @@ def _val_evaluator(objective, val_tokens: np.ndarray, seq_len: int, batch_size: 
 
 # ---------------------------------------------------------------------- inference
 def load(run_dir: str | Path, *, device: str = "cpu"):
-    """(model, tokenizer) from a run directory, the model in eval mode."""
+    """(model, tokenizer) from a run directory, the model in eval mode on `device` (cpu, cuda[:N], or
+    auto: a GPU when present)."""
     from lmforge.data.tokenizers import Tokenizer
 
     run_dir = Path(run_dir)
@@ -306,7 +307,7 @@ def finetune(task: str, *, data, model, out: str | Path, method=None, train: Tra
 
 
 def predict(model: str | Path, input: str, *, output: str = "-", format: str | None = None,
-            batch_size: int = 32) -> int:
+            batch_size: int = 32, device: str = "cpu") -> int:
     """Answers of a fine-tuned run for every example in `input` (a file, or - for stdin), one JSON
     object per line in input order, to `output` (a file written atomically, or - for stdout)."""
     import json
@@ -316,7 +317,7 @@ def predict(model: str | Path, input: str, *, output: str = "-", format: str | N
     from lmforge.atomic import atomic_path
     from lmforge.tasks.finetune import load_task_run
 
-    net, task = load_task_run(model)
+    net, task = load_task_run(model, device=device)
     if format:
         task.data = replace(task.data, format=format)
     elif task.data.format == "parallel":
@@ -354,7 +355,7 @@ PIPELINE_TASKS = {"sentiment-analysis": "classify", "text-classification": "clas
                   "summarize": "summarize", "text-generation": "chat", "chat": "chat"}
 
 
-def pipeline(task: str, model: str | Path, *, batch_size: int = 32):
+def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str = "cpu"):
     """A callable that applies a fine-tuned run to plain Python inputs, like transformers' `pipeline`.
 
     sentiment-analysis: str or list[str] -> {"label", "score"} (or a list); ner: str (words split on
@@ -367,7 +368,7 @@ def pipeline(task: str, model: str | Path, *, batch_size: int = 32):
 
     if task not in PIPELINE_TASKS:
         raise ConfigError(f"unknown pipeline task {task!r}", "choose one of: " + ", ".join(sorted(PIPELINE_TASKS)))
-    return build_pipeline(PIPELINE_TASKS[task], model, batch_size=batch_size)
+    return build_pipeline(PIPELINE_TASKS[task], model, batch_size=batch_size, device=device)
 
 
 # ---------------------------------------------------------------------- the demo

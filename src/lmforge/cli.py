@@ -94,18 +94,21 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--target", default=None, help="parallel text: ignored target file (accepted for symmetry)")
     p.add_argument("--output", default="-", help="JSONL file to write (- for standard output)")
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     verbs.add_subcommand("predict", p, help="predict with a fine-tuned model")
 
     p = _parser("Generate text from a trained run.")
     p.add_argument("--model", required=True, help="run directory")
     p.add_argument("--prompt", type=list[str] | str, default=[""], help="a prompt, or a JSON list of prompts")
     p.add_argument("--no_stream", action="store_true", help="print whole samples instead of streaming tokens")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     _sampling_arguments(p)
     verbs.add_subcommand("generate", p, help="sample continuations of prompts")
 
     p = _parser("Chat interactively with a trained run.")
     p.add_argument("--model", required=True, help="run directory")
     p.add_argument("--system", type=str | None, default=None)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     _sampling_arguments(p)
     verbs.add_subcommand("chat", p, help="interactive chat loop")
 
@@ -121,6 +124,7 @@ def build_parser() -> ArgumentParser:
                    help="NAME=RUN: also serve a fine-tuned run at /v1/NAME (classify, ner, qa, translate, "
                         "summarize); repeat for several")
     p.add_argument("--max_slots", type=int, default=16, help="requests generated at once")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weights and KV cache precision of the generation model (bfloat16: about half the memory "
                         "traffic per token, fast on CPUs with native bf16 and on GPUs)")
@@ -177,6 +181,7 @@ def build_parser() -> ArgumentParser:
     q.add_argument("--data", required=True, help="text file or prepared dataset directory")
     q.add_argument("--stride", type=int | None, default=None, help="sliding-window stride (default: half the context)")
     q.add_argument("--batch_size", type=int, default=8)
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     kinds.add_subcommand("perplexity", q, help="perplexity / bits per byte")
     return root
 
@@ -228,7 +233,7 @@ def run(argv: list[str]) -> int:
               f"-> {args.out}")
     elif verb == "predict":
         count = api.predict(args.model, args.input, output=args.output, format=args.format,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, device=args.device)
         if args.output != "-":
             print(f"wrote {count} predictions to {args.output}", file=sys.stderr)
     elif verb == "generate":
@@ -238,7 +243,7 @@ def run(argv: list[str]) -> int:
 
         params = _params(_sampling_from(args))
         prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
-        model, tokenizer = api.load(args.model)
+        model, tokenizer = api.load(args.model, device=args.device)
         if args.no_stream:
             for prompt, samples in zip(prompts, api.generate(model, prompts, tokenizer=tokenizer, **params.__dict__)):
                 for text in samples:
@@ -254,7 +259,7 @@ def run(argv: list[str]) -> int:
     elif verb == "chat":
         from lmforge.infer.chat import chat_loop
 
-        model, tokenizer = api.load(args.model)
+        model, tokenizer = api.load(args.model, device=args.device)
         chat_loop(model, tokenizer, _params(_sampling_from(args)), system=args.system)
     elif verb == "serve":
         keys = args.api_key or [k for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k.strip()]
@@ -263,7 +268,7 @@ def run(argv: list[str]) -> int:
                   max_num_batched_tokens=args.max_num_batched_tokens, max_prompt_tokens=args.max_prompt_tokens,
                   max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                   max_concurrent=args.max_concurrent, request_timeout=args.request_timeout,
-                  model_name=args.model_name, dtype=args.dtype)
+                  model_name=args.model_name, dtype=args.dtype, device=args.device)
     elif verb == "demo":
         api.demo(args.out, max_seconds=args.max_seconds)
     elif verb == "compare":
@@ -288,7 +293,7 @@ def run(argv: list[str]) -> int:
         import json
 
         q = args.perplexity
-        result = api.evaluate_perplexity(q.model, q.data, stride=q.stride, batch_size=q.batch_size)
+        result = api.evaluate_perplexity(q.model, q.data, stride=q.stride, batch_size=q.batch_size, device=q.device)
         print(json.dumps(result))
     return 0
 

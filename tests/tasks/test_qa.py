@@ -81,6 +81,9 @@ def test_windows_cover_the_context_and_label_the_gold_span(family, kind):
                 assert tok.decode(f["input_ids"][s:e + 1]).strip() == gold
 
 
+@pytest.mark.skipif(tokenizers.__version__ in ("0.23.1", "0.23.2"),
+                    reason="tokenizers 0.23.1-0.23.2 return too few overflow windows "
+                           "(huggingface/tokenizers#2091), so they cannot serve as the reference")
 def test_bert_windows_equal_the_tokenizers_overflow_windows():
     examples = _long_examples(seed=3)
     tok = train_tokenizer("wordpiece", [e["context"] for e in examples], 300)

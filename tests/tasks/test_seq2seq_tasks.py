@@ -187,7 +187,7 @@ def _train(data, preset, out, steps, lr):
     from lmforge.tasks.finetune import finetune
 
     train = TrainConfig(max_steps=steps, batch_size=16, lr=lr, warmup_steps=5, weight_decay=0.0, eval_interval=1000,
-                        log_interval=10, checkpoint_interval=1000, keep_last=1, progress=False, seed=0)
+                        log_interval=10, checkpoint_interval=1000, keep_last=1, progress=False, seed=0, device="cpu")
     start = StartConfig(init=preset, vocab_size=300, n_embd=128)
     return finetune("translate", data=data, model=start, out=out, train=train,
                     decode=DecodeConfig(max_new_tokens=12))

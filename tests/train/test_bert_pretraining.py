@@ -18,7 +18,7 @@ from conftest import free_port
 TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
         "To be, or not to be, that is the question. 天下大势，分久必合，合久必分。\n") * 60
 SMALL = ["--data.vocab_size", "300", "--train.batch_size", "4", "--train.seq_len", "32", "--train.eval_batches", "2",
-         "--train.progress", "false"]
+         "--train.progress", "false", "--train.device", "cpu"]
 
 
 def lmforge(*args, timeout=240, launcher=None):

@@ -13,7 +13,7 @@ import yaml
 TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
         "To be, or not to be, that is the question.\n") * 80
 SMALL = ["--data.vocab_size", "400", "--train.batch_size", "4", "--train.seq_len", "48", "--train.eval_batches", "2",
-         "--train.progress", "false"]
+         "--train.progress", "false", "--train.device", "cpu"]
 
 
 def lmforge(*args, timeout=240):

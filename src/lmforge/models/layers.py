@@ -347,9 +347,11 @@ class CrossAttention(nn.Module):
 
 
 # ---------------------------------------------------------------- output layer + loss
-# Logits handled at once by `linear_cross_entropy_sum` (8 MB in fp32): small enough to stay in cache,
-# large enough for efficient matmuls (measured fastest of 2^20..2^22 on CPU, fp32 and bf16).
+# Logits handled at once by `linear_cross_entropy_sum`. On CPU 8 MB in fp32: small enough to stay in
+# cache, large enough for efficient matmuls (measured fastest of 2^20..2^22, fp32 and bf16). A GPU has
+# no such cache to fit and pays a kernel launch per operation per chunk, so it takes chunks of 512 MB.
 CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 21
+CROSS_ENTROPY_CHUNK_ELEMENTS_GPU = 1 << 27
 # Below bf16/fp16 precision the logit gradients of all chunks are kept (up to this many bytes, at most
 # half of what the fp32 logits alone would take) so the weight gradient is one matmul, not a running
 # fp32 sum that costs a cast and an add of the whole (vocab, C) matrix per chunk.
@@ -368,7 +370,8 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels:
     """
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-    rows = max(1, CROSS_ENTROPY_CHUNK_ELEMENTS // weight.shape[0])
+    chunk = CROSS_ENTROPY_CHUNK_ELEMENTS if device_type == "cpu" else CROSS_ENTROPY_CHUNK_ELEMENTS_GPU
+    rows = max(1, chunk // weight.shape[0])
     return _LinearCrossEntropySum.apply(hidden, weight, labels, dtype, rows, ignore_index)
 
 

@@ -84,9 +84,12 @@ def tied_keys(model: nn.Module) -> set[str]:
 
 
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Load a model saved by `save_model` (or a run directory)."""
+    """Load a model saved by `save_model` (or a run directory) onto `device` ("auto": a GPU when present)."""
     from safetensors.torch import load_file
 
+    from lmforge.train.distributed import resolve_device
+
+    device = resolve_device(device) if isinstance(device, str) else device
     directory = Path(directory)
     cfg_path, weights = directory / "config.json", directory / "model.safetensors"
     if not directory.exists():

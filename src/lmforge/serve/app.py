@@ -478,7 +478,7 @@ def create_app(model_dir: str | Path, *, api_keys: Iterable[str] = (), max_promp
     for name, run_dir in (task_models or {}).items():
         if name not in TASKS:
             raise ConfigError(f"unknown task {name!r} for a task model", "use one of: " + ", ".join(TASKS))
-        tasks[name] = TaskModel(name, str(run_dir), pipeline(name, run_dir))
+        tasks[name] = TaskModel(name, str(run_dir), pipeline(name, run_dir, device=device))
     name = model_name or Path(model_dir).resolve().name
     if name in tasks:
         raise ConfigError(f"the generation model's name {name!r} is also a task name", "pass another model_name")

@@ -28,10 +28,10 @@ class TaskPipeline:
 class _GenerationPipeline:
     """text-generation over a pretrained (not fine-tuned) decoder run: prompt -> continuation."""
 
-    def __init__(self, run_dir, **defaults):
+    def __init__(self, run_dir, *, device: str = "cpu", **defaults):
         from lmforge.api import load
 
-        self.model, self.tokenizer = load(run_dir)
+        self.model, self.tokenizer = load(run_dir, device=device)
         self.defaults = {"max_new_tokens": 64, "temperature": 0.0, **defaults}
 
     def __call__(self, prompts, **sampling):
@@ -45,7 +45,7 @@ class _GenerationPipeline:
         return texts[0] if single else texts
 
 
-def build_pipeline(task: str, run_dir: str | Path, *, batch_size: int = 32):
+def build_pipeline(task: str, run_dir: str | Path, *, batch_size: int = 32, device: str = "cpu"):
     import json
 
     from lmforge.tasks.finetune import load_task_run
@@ -53,8 +53,8 @@ def build_pipeline(task: str, run_dir: str | Path, *, batch_size: int = 32):
     run_dir = Path(run_dir)
     cfg_file = run_dir / "config.json"
     if task == "chat" and cfg_file.is_file() and json.loads(cfg_file.read_text()).get("family") != "task":
-        return _GenerationPipeline(run_dir)
-    model, task_obj = load_task_run(run_dir)
+        return _GenerationPipeline(run_dir, device=device)
+    model, task_obj = load_task_run(run_dir, device=device)
     if model.config.task != task:
         raise ConfigError(f"{run_dir} was fine-tuned for {model.config.task!r}, not {task!r}",
                           f"use the pipeline for {model.config.task!r} or a run tuned for {task!r}")

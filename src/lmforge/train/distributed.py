@@ -32,7 +32,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available", "use --train.device cpu")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available",
+                          "use cpu or auto (--train.device when training, --device otherwise)")
     if name not in ("cpu",) and not name.startswith(("cuda", "mps")):
         raise ConfigError(f"unknown device {name!r}", "use auto, cpu or cuda")
     device = torch.device(name)
@@ -102,10 +103,13 @@ def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
 
 
 def apply_compile(model: nn.Module) -> nn.Module:
-    """Compile each block separately: same speed-up as whole-model compile, much faster to compile."""
-    for blocks in _block_lists(model):
-        for i, block in enumerate(blocks):
-            blocks[i] = torch.compile(block, dynamic=False)
+    """Compile each block separately: same speed-up as whole-model compile, much faster to compile.
+
+    In place (`Module.compile`), so parameter names, and with them saved weights and checkpoints, stay
+    those of the plain model; wrapping in `torch.compile(block)` would prefix them with `_orig_mod`.
+    """
+    for block in [b for blocks in _block_lists(model) for b in blocks]:
+        block.compile(dynamic=False)
     return model
 
 

@@ -100,18 +100,23 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             for t in sums:
                 totals[t] += sums[t].detach()
-        self.last_terms = {t: float(all_reduce_sum(totals[t], self.dist) / n_global[t]) for t in totals}
+        figures = [all_reduce_sum(totals[t], self.dist) / n_global[t] for t in totals]
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(opt)
+            figures.append(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        # The step's one wait for the device: loss terms and gradient norm come back together.
+        values = torch.stack([f.float() for f in figures]).tolist()
+        self.last_terms = dict(zip(totals, values))
         mean_loss = sum(self.last_terms.values())
         if not math.isfinite(mean_loss):
             opt.zero_grad(set_to_none=True)
+            if self.cfg.grad_clip and self.precision == "fp16":
+                self.scaler.update()  # close the unscale_ above, so a later step may unscale again
             return mean_loss
-        if self.cfg.grad_clip:
-            self.scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            if not torch.isfinite(norm) and self.precision != "fp16":
-                # A finite loss with non-finite gradients would write inf/NaN into the weights.
-                opt.zero_grad(set_to_none=True)
-                return float("nan")
+        if self.cfg.grad_clip and not math.isfinite(values[-1]) and self.precision != "fp16":
+            # A finite loss with non-finite gradients would write inf/NaN into the weights.
+            opt.zero_grad(set_to_none=True)
+            return float("nan")
         set_lr(opt, self.cfg.lr * lr_multiplier(self.state.step, self.cfg))
         self.scaler.step(opt)
         self.scaler.update()
