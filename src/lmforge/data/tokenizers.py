@@ -212,8 +212,14 @@ def train_tokenizer(
         )
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+        # The trainer numbers its "##x" pieces in hash-map order, which changes from process to process,
+        # and those numbers break ties between equally frequent merges, so the same text could give
+        # different vocabularies (huggingface/tokenizers#1794). Registered up front, in sorted order,
+        # they get the same ids every time; `_plain_wordpiece` then makes them ordinary pieces again.
+        continuing = _continuing_pieces(tok, texts, specials)
         trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, special_tokens=list(specials), continuing_subword_prefix="##", show_progress=False
+            vocab_size=vocab_size, special_tokens=[*specials, *continuing], continuing_subword_prefix="##",
+            show_progress=False,
         )
     else:  # unigram
         tok = hf.Tokenizer(models.Unigram())
@@ -224,6 +230,7 @@ def train_tokenizer(
         )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     if kind == "wordpiece":
+        tok = _plain_wordpiece(tok, specials)
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         # Lets BERT-style models encode single texts and sentence pairs with [CLS]/[SEP].
         tok.post_processor = processors.TemplateProcessing(
@@ -232,6 +239,26 @@ def train_tokenizer(
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
         )
     return _add_sentinels(Tokenizer(tok, kind), extra_ids)
+
+
+def _continuing_pieces(tok: hf.Tokenizer, texts: Sequence[str], specials: Sequence[str]) -> list[str]:
+    """Every "##c" piece WordPiece training will create, sorted: a training pass that stops before the
+    first merge makes exactly that set (whatever ids it gives them), at the cost of one word count."""
+    probe = hf.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    probe.normalizer, probe.pre_tokenizer = tok.normalizer, tok.pre_tokenizer
+    probe.train_from_iterator(texts, length=len(texts), trainer=trainers.WordPieceTrainer(
+        vocab_size=1, special_tokens=list(specials), continuing_subword_prefix="##", show_progress=False))
+    return sorted(piece for piece in probe.get_vocab(with_added_tokens=False)
+                  if piece.startswith("##") and piece not in specials)
+
+
+def _plain_wordpiece(trained: hf.Tokenizer, specials: Sequence[str]) -> hf.Tokenizer:
+    """The trained WordPiece model with only `specials` as special tokens (same ids, same pipeline)."""
+    tok = hf.Tokenizer(models.WordPiece(trained.get_vocab(with_added_tokens=False), unk_token="[UNK]",
+                                        continuing_subword_prefix="##"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = trained.normalizer, trained.pre_tokenizer, trained.decoder
+    tok.add_special_tokens(list(specials))
+    return tok
 
 
 def sentinel_token(i: int) -> str:
