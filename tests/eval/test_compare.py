@@ -135,3 +135,14 @@ def test_time_budget_keeps_the_schedule_on_the_clock():
     trainer.state.wall_seconds = 25.0
     TimeBudget(20.0)(trainer)
     assert trainer.cfg.max_steps == 11  # over budget: the next step is the last
+
+
+def test_wider_models_train_at_proportionally_smaller_rates():
+    from lmforge.eval.compare import training_settings
+    from lmforge.models.registry import preset_config
+
+    small, medium = (training_settings(preset_config(n)) for n in ("gpt-char-small", "gpt-char-medium"))
+    assert small["lr"] == 6e-3 and medium["lr"] == pytest.approx(6e-3 * 128 / 384)
+    assert training_settings(preset_config("gru-small"))["lr"] == 5e-3
+    assert training_settings(preset_config("gru-medium"))["lr"] == pytest.approx(5e-3 * 320 / 768)
+    assert training_settings(preset_config("rnn-small"))["lr"] == 2e-3

@@ -51,6 +51,8 @@ _TRAIN = {
     "rnn": dict(optimizer="adam", lr=2e-3, betas=(0.9, 0.999), weight_decay=0.0, grad_clip=0.5),
 }
 BATCH_SIZE = 16
+# Widths of the small presets those rates were tuned on (gpt-char-small, rnn/lstm/gru-small).
+_TUNED_WIDTH = {"gpt": 128, "rnn": 512, "lstm": 256, "gru": 320}
 _NEVER = 10**9  # an interval that is never reached: evaluate and checkpoint only at the end
 
 
@@ -158,7 +160,7 @@ def _train_and_score(name: str, data_dir: Path, run_dir: Path, meta: dict, budge
         on_step = None
     else:
         kind = cfg.cell if family == "rnn" else family
-        settings = {"batch_size": BATCH_SIZE, **_TRAIN[kind]}
+        settings = training_settings(cfg)
         if kind == "gpt" and _device(device).type == "cpu" and cpu_has_native_bf16():
             settings["precision"] = "bf16"  # twice the steps in the budget on CPUs that compute bf16 natively
         base = TrainConfig(schedule="cosine", min_lr_ratio=0.1, device=device, seed=seed, progress=False, **settings)
@@ -187,6 +189,17 @@ def _train_and_score(name: str, data_dir: Path, run_dir: Path, meta: dict, budge
         "stop_reason": summary.get("stop_reason"), "lr": train.lr if family != "ngram" else None,
         "run_dir": str(run_dir),
     }
+
+
+def training_settings(cfg) -> dict:
+    """Optimizer settings for a GPT or recurrent model config: its family's (`_TRAIN`), with the rate
+    scaled down for models wider than the small presets it was tuned on."""
+    family = cfg.to_dict()["family"]
+    kind = cfg.cell if family == "rnn" else family
+    width = cfg.n_embd if kind == "gpt" else cfg.hidden_size
+    settings = {"batch_size": BATCH_SIZE, **_TRAIN[kind]}
+    settings["lr"] *= min(1.0, _TUNED_WIDTH[kind] / width)
+    return settings
 
 
 def _device(name: str) -> torch.device:

@@ -237,6 +237,9 @@ PRESETS: dict[str, dict] = {
     # Character-level (tinyshakespeare-sized) model: rotary positions and exact GELU learn fastest per CPU second.
     "gpt-char-small": dict(vocab_size=256, block_size=128, n_layer=4, n_head=4, n_embd=128, position="rope",
                            mlp="gelu_exact"),
+    # nanoGPT's shakespeare-char size (10.7M parameters, context 256): for GPU budgets.
+    "gpt-char-medium": dict(vocab_size=256, block_size=256, n_layer=6, n_head=6, n_embd=384, position="rope",
+                            mlp="gelu_exact"),
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768),
     "gpt2-355m": dict(n_layer=24, n_head=16, n_embd=1024),
     "gpt2-774m": dict(n_layer=36, n_head=20, n_embd=1280),

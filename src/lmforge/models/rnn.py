@@ -223,6 +223,8 @@ PRESETS: dict[str, dict] = {
     "rnn-small": dict(vocab_size=256, block_size=128, n_layer=2, n_embd=128, hidden_size=512, cell="rnn"),
     "lstm-small": dict(vocab_size=256, block_size=128, n_layer=2, n_embd=128, hidden_size=256, cell="lstm"),
     "gru-small": dict(vocab_size=256, block_size=128, n_layer=2, n_embd=128, hidden_size=320, cell="gru"),
+    # A character GRU of the size of gpt-char-medium (about 9.6M parameters, context 256): for GPU budgets.
+    "gru-medium": dict(vocab_size=256, block_size=256, n_layer=3, n_embd=256, hidden_size=768, cell="gru"),
     # Zaremba et al. 2014 "medium" Penn Treebank model: 2 x 650, dropout 0.5, BPTT 35, 10k words.
     "lstm-medium": dict(vocab_size=10000, block_size=35, n_layer=2, n_embd=650, hidden_size=650, cell="lstm",
                         dropout=0.5, tie_embeddings=False),
