@@ -93,6 +93,10 @@ def test_bad_arguments():
     with pytest.raises(ConfigError, match="256 byte tokens"):
         train_tokenizer("bpe", ["x"], 200)
     assert train_tokenizer("char", ["ab"], 1).vocab_size == 4  # vocab_size is ignored for char
+    with pytest.raises(ConfigError, match="smaller than the number of distinct characters"):
+        train_tokenizer("unigram", [ZH], 10)  # Unigram keeps every character: 10 cannot hold them
+    with pytest.raises(DataError, match="no text"):
+        train_tokenizer("unigram", ["  ", ""], 100)
 
 
 def test_load_errors(tmp_path):
@@ -106,11 +110,11 @@ def test_load_errors(tmp_path):
 
 
 
-@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "char"])
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
 def test_training_again_gives_the_same_tokenizer(kind):
     """Rust's hash maps are seeded afresh for every training run: the result must not depend on their
-    order. (WordPiece did before its "##" pieces were numbered up front: 30 runs gave 30 different
-    vocabularies. Unigram training still does, upstream.)"""
+    order. (WordPiece did before its "##" pieces were numbered up front, and Unigram before SentencePiece
+    trained it: 30 WordPiece runs gave 30 different vocabularies.)"""
     words = sorted(set(" ".join(CORPUS).split()))
     # Many equally frequent words and pieces: ties between merges are where hash order leaked in.
     lines = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 3

@@ -1,5 +1,9 @@
 """Tokenizers: byte-level BPE, WordPiece, Unigram and character-level, all on HF ``tokenizers``.
 
+BPE and WordPiece are trained by ``tokenizers``; Unigram by SentencePiece (the same algorithm, and
+deterministic where the ``tokenizers`` trainer is not), then converted. Training is deterministic:
+the same text gives the same tokenizer in every process.
+
 Every kind saves to and loads from one standard ``tokenizer.json`` that the
 Hugging Face ``tokenizers``/``transformers`` libraries can also read; the kind is
 recognised from the model type and pre-tokenizer stored in that file.
@@ -221,13 +225,8 @@ def train_tokenizer(
             vocab_size=vocab_size, special_tokens=[*specials, *continuing], continuing_subword_prefix="##",
             show_progress=False,
         )
-    else:  # unigram
-        tok = hf.Tokenizer(models.Unigram())
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=list(specials), unk_token=UNK, show_progress=False
-        )
+    else:
+        return _add_sentinels(Tokenizer(_train_unigram(texts, vocab_size, specials), kind), extra_ids)
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     if kind == "wordpiece":
         tok = _plain_wordpiece(tok, specials)
@@ -239,6 +238,49 @@ def train_tokenizer(
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
         )
     return _add_sentinels(Tokenizer(tok, kind), extra_ids)
+
+
+def _train_unigram(texts: Sequence[str], vocab_size: int, specials: Sequence[str]) -> hf.Tokenizer:
+    """A Unigram LM tokenizer trained by SentencePiece, in the `tokenizers` format.
+
+    Hugging Face's Unigram trainer runs its EM over a hash-ordered word list, so the same text gives a
+    slightly different vocabulary in every process (and one thread does not help); SentencePiece, the
+    algorithm's reference implementation, gives the same one every time. Text is taken as it is (no
+    normalization), words split at spaces and marked with "▁", every character kept, as the Metaspace
+    pre-tokenizer used to encode does. The special tokens take the first ids.
+    """
+    import io
+
+    import sentencepiece as spm
+
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise DataError("no text to train the unigram tokenizer on", "pass a non-empty corpus")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, model_type="unigram",
+            vocab_size=vocab_size - len(specials) + 1,  # + SentencePiece's own unknown piece, dropped below
+            hard_vocab_limit=False, character_coverage=1.0, normalization_rule_name="identity",
+            add_dummy_prefix=True, remove_extra_whitespaces=False, split_by_whitespace=True,
+            split_by_unicode_script=False, split_by_number=False,
+            # Whole documents are sentences here: none may be skipped for its length (limits: 10 B .. 1 GiB).
+            max_sentence_length=min(max(16, max(len(t.encode("utf-8")) for t in texts) + 1), 1 << 30),
+            unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, num_threads=os.cpu_count() or 1, minloglevel=2)
+    except RuntimeError as e:
+        if "required_chars" in str(e):
+            raise ConfigError(f"vocab_size {vocab_size} is smaller than the number of distinct characters in the "
+                              "text, and the unigram tokenizer keeps every character", "pass a larger --vocab_size")
+        raise
+    trained = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = [(trained.id_to_piece(i), trained.get_score(i)) for i in range(trained.get_piece_size())
+              if not (trained.is_unknown(i) or trained.is_control(i))]
+    vocab = [(t, 0.0) for t in specials] + [(piece, score) for piece, score in pieces if piece not in specials]
+    tok = hf.Tokenizer(models.Unigram(vocab, unk_id=list(specials).index(UNK), byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.add_special_tokens(list(specials))
+    return tok
 
 
 def _continuing_pieces(tok: hf.Tokenizer, texts: Sequence[str], specials: Sequence[str]) -> list[str]:
