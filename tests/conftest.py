@@ -21,6 +21,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def prepare_char_corpus(root, text: str):
+    """`root` with `corpus.txt` holding `text` and `data/`, it prepared with a character tokenizer."""
+    from lmforge.data.shards import prepare_dataset
+
+    (root / "corpus.txt").write_text(text)
+    prepare_dataset(str(root / "corpus.txt"), root / "data", tokenizer="char", progress=False)
+    return root
+
+
 def pytest_configure(config):
     # A data folder that is named but missing would turn every dataset test into a failure; treat it as
     # absent so those tests skip with their reason, and say so in the report header.

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import free_port
+from conftest import free_port, prepare_char_corpus
 from lmforge.config import TrainConfig
 from lmforge.infer.engine import Engine
 from lmforge.infer.generate import generate
@@ -116,20 +116,19 @@ def _train_steps(device: torch.device, precision: str, steps: int = 5, micro: in
     return losses, {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
 
 
+def _assert_same_training(run, reference):
+    (losses, weights), (ref_losses, ref_weights) = run, reference
+    assert losses == pytest.approx(ref_losses, rel=1e-5)
+    for k in ref_weights:
+        torch.testing.assert_close(weights[k], ref_weights[k], atol=1e-5, rtol=1e-4)
+
+
 def test_fp32_training_steps_on_gpu_equal_cpu():
-    cpu_losses, cpu_w = _train_steps(torch.device("cpu"), "fp32")
-    gpu_losses, gpu_w = _train_steps(CUDA, "fp32")
-    assert gpu_losses == pytest.approx(cpu_losses, rel=1e-5)
-    for k in cpu_w:
-        torch.testing.assert_close(gpu_w[k], cpu_w[k], atol=1e-5, rtol=1e-4)
+    _assert_same_training(_train_steps(CUDA, "fp32"), _train_steps(torch.device("cpu"), "fp32"))
 
 
 def test_gradient_accumulation_on_gpu_equals_one_large_batch():
-    big_losses, big_w = _train_steps(CUDA, "fp32", micro=1)
-    acc_losses, acc_w = _train_steps(CUDA, "fp32", micro=4)
-    assert acc_losses == pytest.approx(big_losses, rel=1e-5)
-    for k in big_w:
-        torch.testing.assert_close(acc_w[k], big_w[k], atol=1e-5, rtol=1e-4)
+    _assert_same_training(_train_steps(CUDA, "fp32", micro=4), _train_steps(CUDA, "fp32", micro=1))
 
 
 def test_bf16_training_on_gpu_tracks_fp32():
@@ -147,12 +146,7 @@ def _lmforge(*args, launcher=None):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from lmforge.data.shards import prepare_dataset
-
-    root = tmp_path_factory.mktemp("cuda")
-    (root / "t.txt").write_text(TEXT)
-    prepare_dataset(str(root / "t.txt"), root / "data", tokenizer="char", progress=False)
-    return root
+    return prepare_char_corpus(tmp_path_factory.mktemp("cuda"), TEXT)
 
 
 def _pretrain_args(root: Path, out: Path, *extra):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import free_port
+from conftest import free_port, prepare_char_corpus
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
         "must be in want of a wife. 天下大势，分久必合，合久必分。\n") * 60
@@ -17,12 +17,7 @@ TEXT = ("It is a truth universally acknowledged, that a single man in possession
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from lmforge.data.shards import prepare_dataset
-
-    root = tmp_path_factory.mktemp("ddp")
-    (root / "corpus.txt").write_text(TEXT)
-    prepare_dataset(str(root / "corpus.txt"), root / "data", tokenizer="char", progress=False)
-    return root
+    return prepare_char_corpus(tmp_path_factory.mktemp("ddp"), TEXT)
 
 
 def pretrain_cmd(prepared: Path, out: Path, batch_size: int) -> list[str]:
