@@ -88,7 +88,8 @@ def weight_read_floor(model: torch.nn.Module, batch: int, repeats: int = 20) -> 
     from memory as they do in a real step rather than staying in cache between repeats.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = {n: torch.randn(batch, 1, n, device=model.lm_head.weight.device) for n in {m.in_features for m in layers}}
+    w = model.lm_head.weight
+    inputs = {n: torch.randn(batch, 1, n, device=w.device, dtype=w.dtype) for n in {m.in_features for m in layers}}
 
     def one_step():
         for m in layers:
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="weights and KV cache of both sides")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda requested but CUDA is not available")
@@ -127,8 +130,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                     n_head=args.n_head, n_embd=args.n_embd)
-    ours = GPT(cfg).eval().to(args.device)
-    hf = hf_gpt2_from_ours(ours).to(args.device)
+    dtype = getattr(torch, args.dtype)
+    ours = GPT(cfg).eval()
+    hf = hf_gpt2_from_ours(ours).to(args.device, dtype)
+    ours = ours.to(args.device, dtype)
     prepare_for_inference(ours)
     params = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
     print(f"model: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, "
@@ -184,7 +189,7 @@ def main() -> None:
     out["config"] = {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd,
                      "vocab_size": args.vocab_size, "block_size": args.block_size,
                      "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-                     "batch_sizes": args.batch_sizes, "dtype": "float32", "greedy": True,
+                     "batch_sizes": args.batch_sizes, "dtype": args.dtype, "greedy": True,
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
                      "timing": "best of interleaved repeats after a warm-up"}
     print(json.dumps(out))

@@ -215,6 +215,16 @@ class StartConfig:
     dropout: float | None = None
     overrides: dict | None = None        # fresh models: any other field of the preset's config, e.g. {mlp: gelu}
     classifier_dropout: float = 0.1
+    # Pretrained starts: characters of the training text that the tokenizer can only encode as its
+    # unknown token, seen at least this many times, join the vocabulary with new embedding rows
+    # (0: off). An English BERT vocabulary meeting Chinese text, for example.
+    extend_vocab: int = 0
+
+    def __post_init__(self):
+        v = self.extend_vocab
+        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+               f"model.extend_vocab must be a minimum character count >= 0, got {v!r}",
+               "pass --model.extend_vocab 2 to add characters seen twice or more, or 0 for off")
 
 
 @dataclass

@@ -305,3 +305,40 @@ def test_extra_training_files_refuse_parallel_text(sentiment, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.extra_train" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_extend_vocab_lets_an_english_model_read_new_characters(tmp_path):
+    # The sentiment cue is a Chinese character; the "pretrained" model's vocabulary is English only, so
+    # without new tokens every cue is [UNK] and the label cannot be learned.
+    pos, neg = "好棒赞喜乐美", "差烂糟坏苦丑"
+    g = torch.Generator().manual_seed(0)
+
+    def lines(n):
+        out = []
+        for i in range(n):
+            words = [FILLER[int(j)] for j in torch.randint(0, len(FILLER), (4,), generator=g)]
+            words.insert(2, (pos if i % 2 else neg)[int(torch.randint(0, 6, (1,), generator=g))])
+            out.append(f"{i % 2} {' '.join(words)}")
+        return out
+
+    root = tmp_path / "zh"
+    root.mkdir()
+    (root / "train.txt").write_text("\n".join(lines(240)) + "\n", encoding="utf-8")
+    (root / "dev.txt").write_text("\n".join(lines(40)) + "\n", encoding="utf-8")
+    start = _saved_start(tmp_path, [" ".join(FILLER)] * 20)
+    train = _train(max_steps=60, lr=3e-3)
+    plain = lf.finetune("classify", data=_data(root), model=StartConfig(init=str(start)), out=tmp_path / "plain",
+                        train=train)
+    extended = lf.finetune("classify", data=_data(root), model=StartConfig(init=str(start), extend_vocab=1),
+                           out=tmp_path / "extended", train=train)
+    assert plain["accuracy"] <= 0.7 and extended["accuracy"] >= 0.9, (plain["accuracy"], extended["accuracy"])
+    assert "characters added to its vocabulary" in extended["start"]
+    from lmforge.data.tokenizers import Tokenizer
+
+    grown = Tokenizer.load(tmp_path / "extended")
+    assert all(grown.encode(ch) != [grown.token_to_id("[UNK]")] for ch in pos + neg)
+    # The run keeps the grown tokenizer and model, so prediction reads the new characters too.
+    classify = lf.pipeline("sentiment-analysis", model=tmp_path / "extended")
+    assert [r["label"] for r in classify(["the movie 好 was", "the film 糟 it"])] == ["1", "0"]
+    with pytest.raises(LmforgeError, match="extend_vocab"):
+        StartConfig(init=str(start), extend_vocab=-1)

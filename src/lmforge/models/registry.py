@@ -59,6 +59,59 @@ def build_model(config_or_name, *, device: str | torch.device | None = None, **o
         return model_cls(cfg)
 
 
+# Where each family keeps its vocabulary-sized tables: the input embedding and the output layer(s).
+_VOCAB_EMBEDDINGS = ("wte",)
+_VOCAB_OUTPUTS = ("lm_head", "mlm_head.decoder")
+
+
+def resize_vocabulary(model: nn.Module, vocab_size: int, *, seed: int = 0) -> nn.Module:
+    """Grow `model`'s token embedding and output layer to `vocab_size` rows, in place; returns `model`.
+
+    Existing rows keep their values, so every old token id means what it did. New embedding rows
+    start at the mean of the old rows plus Gaussian noise with their per-dimension spread (seeded):
+    typical embeddings, distinct from each other, that give no new token an outsized logit.
+    New output biases start at the mean bias. Tied weights stay tied.
+    """
+    old = int(model.config.vocab_size)
+    if vocab_size < old:
+        raise ConfigError(f"cannot shrink the vocabulary from {old} to {vocab_size} tokens",
+                          "pass a vocabulary size at least as large as the model's")
+    if vocab_size == old:
+        return model
+    generator = torch.Generator().manual_seed(seed)
+    grown: dict[int, nn.Parameter] = {}  # id of an old parameter -> its replacement (tied weights share one)
+
+    def grow(p: nn.Parameter) -> nn.Parameter:
+        if id(p) not in grown:
+            with torch.no_grad():
+                rows = p.detach().float()
+                extra = rows.mean(0, keepdim=True).expand(vocab_size - old, *rows.shape[1:])
+                if rows.dim() == 2:
+                    noise = torch.randn(extra.shape, generator=generator) * rows.std(0, keepdim=True)
+                    extra = extra + noise.to(rows.device)
+                grown[id(p)] = nn.Parameter(torch.cat([p.detach(), extra.to(p.dtype)]),
+                                            requires_grad=p.requires_grad)
+        return grown[id(p)]
+
+    found = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.split(".")[-1] in _VOCAB_EMBEDDINGS \
+                and module.num_embeddings == old:
+            module.weight = grow(module.weight)
+            module.num_embeddings = vocab_size
+            found += 1
+        elif isinstance(module, nn.Linear) and name.endswith(_VOCAB_OUTPUTS) and module.out_features == old:
+            module.weight = grow(module.weight)
+            if module.bias is not None:
+                module.bias = grow(module.bias)
+            module.out_features = vocab_size
+    if not found:
+        raise ConfigError(f"{type(model).__name__} has no token embedding of {old} rows to grow",
+                          "extend the vocabulary of GPT, BERT, T5 or RNN models")
+    model.config.vocab_size = vocab_size
+    return model
+
+
 def save_model(model: nn.Module, directory: str | Path) -> None:
     """Write `model.safetensors` + `config.json` into `directory`, each atomically."""
     directory = Path(directory)
