@@ -212,7 +212,7 @@ class StartConfig:
     n_head: int | None = None
     n_embd: int | None = None
     intermediate_size: int | None = None
-    dropout: float | None = None
+    dropout: float | None = None         # every dropout rate of the model, fresh or pretrained (None: as it is)
     overrides: dict | None = None        # fresh models: any other field of the preset's config, e.g. {mlp: gelu}
     classifier_dropout: float = 0.1
     # Pretrained starts: characters of the training text that the tokenizer can only encode as its

@@ -59,6 +59,18 @@ def build_model(config_or_name, *, device: str | torch.device | None = None, **o
         return model_cls(cfg)
 
 
+def with_dropout(model: nn.Module, dropout: float) -> nn.Module:
+    """`model` rebuilt with every dropout rate of its config (attention probabilities included) set to
+    `dropout`, same weights; a pretrained checkpoint's rates are a training choice, not part of the model."""
+    d = model.config.to_dict()
+    changes = {k: dropout for k in ("dropout", "attention_dropout") if k in d and d[k] != dropout}
+    if not changes:
+        return model
+    rebuilt = build_model(config_from_dict({**d, **changes}))
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt.train(model.training)
+
+
 # Where each family keeps its vocabulary-sized tables: the input embedding and the output layer(s).
 _VOCAB_EMBEDDINGS = ("wte",)
 _VOCAB_OUTPUTS = ("lm_head", "mlm_head.decoder")

@@ -94,7 +94,7 @@ def load_start(start: StartConfig, task_cls: type[Task], train_texts: list[str],
             if model.family == "task":  # continue from a fine-tuned model: keep its backbone
                 model = model.plain_backbone()
             model, tokenizer, added = _extend_vocabulary(model, Tokenizer.load(path), train_texts, start.extend_vocab)
-            return model.train(), tokenizer, f"lmforge run {path}{added}"
+            return _set_dropout(model, start).train(), tokenizer, f"lmforge run {path}{added}"
         from lmforge.interop.hf import import_hf
 
         model, tokenizer = import_hf(path)
@@ -102,10 +102,20 @@ def load_start(start: StartConfig, task_cls: type[Task], train_texts: list[str],
             raise CheckpointError(f"{path} has no tokenizer.json", "save the tokenizer with the model "
                                   "(tokenizer.save_pretrained) or convert it with `lmforge convert`")
         model, tokenizer, added = _extend_vocabulary(model, tokenizer, train_texts, start.extend_vocab)
-        return model.train(), tokenizer, f"Hugging Face {raw.get('architectures', ['model'])[0]} from {path}{added}"
+        return _set_dropout(model, start).train(), tokenizer, f"Hugging Face {raw.get('architectures', ['model'])[0]} from {path}{added}"
     if any(sep in start.init for sep in ("/", os.sep)) and not path.exists():
         raise CheckpointError(f"model folder {start.init} does not exist", "pass a run directory or a preset name")
     return _fresh_model(start, task_cls, train_texts, context, data)
+
+
+def _set_dropout(model, start: StartConfig):
+    """`model.dropout` on a pretrained start replaces the checkpoint's rates (e.g. 0 for speed on CPUs,
+    where dropout on attention probabilities forces attention off its fused kernels)."""
+    if start.dropout is None:
+        return model
+    from lmforge.models.registry import with_dropout
+
+    return with_dropout(model, start.dropout)
 
 
 def _extend_vocabulary(model, tokenizer, texts: list[str], min_count: int):

@@ -1,10 +1,11 @@
-"""Growing a model's vocabulary: every old token computes exactly what it did, tied weights stay tied,
-new tokens get distinct, typical embeddings, and the grown model saves and loads."""
+"""Adapting a pretrained model before fine-tuning. Growing its vocabulary: every old token computes exactly
+what it did, tied weights stay tied, new tokens get distinct, typical embeddings, and the grown model saves
+and loads. Replacing its dropout rates: same weights and outputs, and no randomness left at rate 0."""
 import pytest
 import torch
 
 from lmforge.errors import ConfigError
-from lmforge.models.registry import build_model, load_model, resize_vocabulary, save_model
+from lmforge.models.registry import build_model, load_model, resize_vocabulary, save_model, with_dropout
 
 OLD, NEW = 61, 75
 
@@ -66,3 +67,24 @@ def test_growing_is_deterministic_and_cannot_shrink():
     with pytest.raises(ConfigError, match="shrink"):
         resize_vocabulary(a, OLD)
     assert resize_vocabulary(a, NEW).config.vocab_size == NEW  # same size: nothing to do
+
+
+@pytest.mark.parametrize("preset", ["bert-debug", "debug", "t5-debug"])
+def test_with_dropout_keeps_the_weights_and_sets_every_rate(preset):
+    torch.manual_seed(0)
+    model = build_model(preset, vocab_size=OLD, dropout=0.3)
+    ids = torch.randint(1, OLD, (2, 12), generator=torch.Generator().manual_seed(1))
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(_outputs(model, ids), _outputs(model, ids))  # dropout is on
+        model.eval()
+        reference = _outputs(model, ids)
+        model.train()
+    quiet = with_dropout(model, 0.0)
+    assert quiet.training and quiet.config.dropout == 0.0
+    assert getattr(quiet.config, "attention_dropout", None) in (None, 0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(_outputs(quiet, ids), _outputs(quiet, ids), rtol=0, atol=0)  # train mode
+        torch.testing.assert_close(_outputs(quiet, ids), reference)
+    assert all(m.p == 0.0 for m in quiet.modules() if isinstance(m, torch.nn.Dropout))
+    assert with_dropout(quiet, 0.0) is quiet
