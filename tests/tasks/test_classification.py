@@ -307,25 +307,31 @@ def test_extra_training_files_refuse_parallel_text(sentiment, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_extend_vocab_lets_an_english_model_read_new_characters(tmp_path):
-    # The sentiment cue is a Chinese character; the "pretrained" model's vocabulary is English only, so
-    # without new tokens every cue is [UNK] and the label cannot be learned.
-    pos, neg = "好棒赞喜乐美", "差烂糟坏苦丑"
+ZH_POS, ZH_NEG = "好棒赞喜乐美", "差烂糟坏苦丑"
+
+
+@pytest.fixture(scope="module")
+def zh_sentiment(tmp_path_factory):
+    """English filler around one Chinese cue character per line, and an English-only "pretrained" BERT."""
     g = torch.Generator().manual_seed(0)
 
     def lines(n):
         out = []
         for i in range(n):
             words = [FILLER[int(j)] for j in torch.randint(0, len(FILLER), (4,), generator=g)]
-            words.insert(2, (pos if i % 2 else neg)[int(torch.randint(0, 6, (1,), generator=g))])
+            words.insert(2, (ZH_POS if i % 2 else ZH_NEG)[int(torch.randint(0, 6, (1,), generator=g))])
             out.append(f"{i % 2} {' '.join(words)}")
         return out
 
-    root = tmp_path / "zh"
-    root.mkdir()
+    root = tmp_path_factory.mktemp("zh_sentiment")
     (root / "train.txt").write_text("\n".join(lines(240)) + "\n", encoding="utf-8")
     (root / "dev.txt").write_text("\n".join(lines(40)) + "\n", encoding="utf-8")
-    start = _saved_start(tmp_path, [" ".join(FILLER)] * 20)
+    return root, _saved_start(root, [" ".join(FILLER)] * 20)
+
+
+def test_extend_vocab_lets_an_english_model_read_new_characters(zh_sentiment, tmp_path):
+    # Without new tokens every cue is [UNK] to the English vocabulary and the label cannot be learned.
+    root, start = zh_sentiment
     train = _train(max_steps=60, lr=3e-3)
     plain = lf.finetune("classify", data=_data(root), model=StartConfig(init=str(start)), out=tmp_path / "plain",
                         train=train)
@@ -336,9 +342,23 @@ def test_extend_vocab_lets_an_english_model_read_new_characters(tmp_path):
     from lmforge.data.tokenizers import Tokenizer
 
     grown = Tokenizer.load(tmp_path / "extended")
-    assert all(grown.encode(ch) != [grown.token_to_id("[UNK]")] for ch in pos + neg)
+    assert all(grown.encode(ch) != [grown.token_to_id("[UNK]")] for ch in ZH_POS + ZH_NEG)
     # The run keeps the grown tokenizer and model, so prediction reads the new characters too.
     classify = lf.pipeline("sentiment-analysis", model=tmp_path / "extended")
     assert [r["label"] for r in classify(["the movie 好 was", "the film 糟 it"])] == ["1", "0"]
     with pytest.raises(LmforgeError, match="extend_vocab"):
         StartConfig(init=str(start), extend_vocab=-1)
+
+
+def test_resumed_run_with_an_extended_vocabulary_ends_with_the_uninterrupted_weights(zh_sentiment, tmp_path):
+    # Resuming builds the starting model again: the same characters must get the same ids and rows.
+    root, start = zh_sentiment
+    model = StartConfig(init=str(start), extend_vocab=1, dropout=0.0)
+    steps = dict(checkpoint_interval=10, eval_interval=10, schedule="constant")
+    lf.finetune("classify", data=_data(root), model=model, out=tmp_path / "full", train=_train(max_steps=20, **steps))
+    cut = tmp_path / "cut"
+    lf.finetune("classify", data=_data(root), model=model, out=cut, train=_train(max_steps=10, **steps))
+    lf.finetune("classify", data=_data(root), model=model, out=cut, resume=True, train=_train(max_steps=20, **steps))
+    a, b = _base_weights(tmp_path / "full"), _base_weights(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_model(cut).backbone.config.dropout == 0.0
