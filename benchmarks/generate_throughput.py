@@ -2,10 +2,11 @@
 
 Both run the same weights (copied key by key into an HF GPT-2 of the same shape),
 greedy, a fixed number of new tokens (HF is told not to stop early), from 32-token
-prompts, fp32, with the default attention implementation and KV cache of each side.
+prompts, in the same dtype (`--dtype`, fp32 by default), with the default attention implementation and
+KV cache of each side. In bf16, greedy tokens may differ where two logits round to a tie.
 
     python benchmarks/generate_throughput.py [--n_layer 6 --n_embd 384 --n_head 6 --new_tokens 128
-                                              --batch_sizes 1 8 --device cpu]
+                                              --batch_sizes 1 8 --device cpu --dtype float32]
 
 At batch 1 on a CPU, decoding streams every weight matrix from memory once per token, so the
 script also times those matrix-vector products alone (the model's own Linear layers, in order,
