@@ -245,6 +245,8 @@ def test_finetune_cli_with_overrides(sentiment, tmp_path):
     (["--method.method", "prefix"], "method.method"),
     (["--method.label_smoothing", "1.5"], "method.label_smoothing"),
     (["--model.overrides", "{no_such_field: 1}"], "no_such_field"),
+    (["--model.extend_vocab", "-1"], "model.extend_vocab"),
+    (["--model.dropout", "1.5"], "model.dropout"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_no_run(sentiment, tmp_path, capsys, args, message):
     run = tmp_path / "bad"
@@ -348,6 +350,10 @@ def test_extend_vocab_lets_an_english_model_read_new_characters(zh_sentiment, tm
     assert [r["label"] for r in classify(["the movie 好 was", "the film 糟 it"])] == ["1", "0"]
     with pytest.raises(LmforgeError, match="extend_vocab"):
         StartConfig(init=str(start), extend_vocab=-1)
+    with pytest.raises(LmforgeError, match="model.dropout"):  # a pretrained start's rate is checked too
+        lf.finetune("classify", data=_data(root), model=StartConfig(init=str(start), dropout=1.5),
+                    out=tmp_path / "bad", train=train)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_resumed_run_with_an_extended_vocabulary_ends_with_the_uninterrupted_weights(zh_sentiment, tmp_path):

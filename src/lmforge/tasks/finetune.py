@@ -93,45 +93,40 @@ def load_start(start: StartConfig, task_cls: type[Task], train_texts: list[str],
             model = load_model(path)
             if model.family == "task":  # continue from a fine-tuned model: keep its backbone
                 model = model.plain_backbone()
-            model, tokenizer, added = _extend_vocabulary(model, Tokenizer.load(path), train_texts, start.extend_vocab)
-            return _set_dropout(model, start).train(), tokenizer, f"lmforge run {path}{added}"
+            model, tokenizer, added = _adapt_pretrained(model, Tokenizer.load(path), train_texts, start)
+            return model.train(), tokenizer, f"lmforge run {path}{added}"
         from lmforge.interop.hf import import_hf
 
         model, tokenizer = import_hf(path)
         if tokenizer is None:
             raise CheckpointError(f"{path} has no tokenizer.json", "save the tokenizer with the model "
                                   "(tokenizer.save_pretrained) or convert it with `lmforge convert`")
-        model, tokenizer, added = _extend_vocabulary(model, tokenizer, train_texts, start.extend_vocab)
-        return _set_dropout(model, start).train(), tokenizer, f"Hugging Face {raw.get('architectures', ['model'])[0]} from {path}{added}"
+        model, tokenizer, added = _adapt_pretrained(model, tokenizer, train_texts, start)
+        return model.train(), tokenizer, f"Hugging Face {raw.get('architectures', ['model'])[0]} from {path}{added}"
     if any(sep in start.init for sep in ("/", os.sep)) and not path.exists():
         raise CheckpointError(f"model folder {start.init} does not exist", "pass a run directory or a preset name")
     return _fresh_model(start, task_cls, train_texts, context, data)
 
 
-def _set_dropout(model, start: StartConfig):
-    """`model.dropout` on a pretrained start replaces the checkpoint's rates (e.g. 0 for speed on CPUs,
-    where dropout on attention probabilities forces attention off its fused kernels)."""
-    if start.dropout is None:
-        return model
-    from lmforge.models.registry import with_dropout
-
-    return with_dropout(model, start.dropout)
-
-
-def _extend_vocabulary(model, tokenizer, texts: list[str], min_count: int):
-    """`model.extend_vocab`: add the training text's unknown characters to the tokenizer and the model.
-    Deterministic (same text, same ids and rows), so a resumed run rebuilds the model it saved."""
-    if not min_count:
-        return model, tokenizer, ""
+def _adapt_pretrained(model, tokenizer, texts: list[str], start: StartConfig):
+    """A pretrained start as `start` asks: `model.extend_vocab` adds the training text's unknown characters
+    to the tokenizer and the model; `model.dropout` replaces the checkpoint's rates (e.g. 0 for speed on
+    CPUs, where dropout on attention probabilities forces attention off its fused kernels).
+    Deterministic (same text, same ids and rows), so a resumed run rebuilds the model it saved.
+    Returns (model, tokenizer, a note for the run's description)."""
     from lmforge.data.tokenizers import add_characters, unknown_characters
-    from lmforge.models.registry import resize_vocabulary
+    from lmforge.models.registry import resize_vocabulary, with_dropout
 
-    chars = unknown_characters(tokenizer, texts, min_count)
-    if not chars:
-        return model, tokenizer, ", no characters added"
-    tokenizer = add_characters(tokenizer, chars)
-    resize_vocabulary(model, tokenizer.vocab_size)
-    return model, tokenizer, f", {len(chars):,} characters added to its vocabulary"
+    note = ""
+    if start.extend_vocab:
+        chars = unknown_characters(tokenizer, texts, start.extend_vocab)
+        if chars:
+            tokenizer = add_characters(tokenizer, chars)
+            resize_vocabulary(model, tokenizer.vocab_size)
+        note = f", {len(chars):,} characters added to its vocabulary" if chars else ", no characters added"
+    if start.dropout is not None:
+        model = with_dropout(model, start.dropout)
+    return model, tokenizer, note
 
 
 def _fresh_model(start: StartConfig, task_cls, texts: list[str], context: int, data: TaskDataConfig | None = None):
