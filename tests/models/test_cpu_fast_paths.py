@@ -64,15 +64,20 @@ def test_rope_heads_last_matches_apply_rope():
         torch.testing.assert_close(rope_heads_last(x, cos, sin), expected)
 
 
-@pytest.mark.parametrize("chunk", [1 << 21, 64])  # one chunk, several chunks
+@pytest.mark.parametrize("chunk", [1 << 21, 64, 50])  # one chunk, several chunks, a ragged last chunk
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_linear_cross_entropy_sum_matches_cross_entropy(monkeypatch, chunk, precision):
+@pytest.mark.parametrize("ignored", [True, False])
+@pytest.mark.parametrize("keep_logit_grads", [True, False])
+def test_linear_cross_entropy_sum_matches_cross_entropy(monkeypatch, chunk, precision, ignored, keep_logit_grads):
     monkeypatch.setattr(layers, "CROSS_ENTROPY_CHUNK_ELEMENTS", chunk)
+    if not keep_logit_grads:
+        monkeypatch.setattr(layers, "CROSS_ENTROPY_GRAD_BUFFER_BYTES", 0)
     g = torch.Generator().manual_seed(0)
     h = torch.randn(24, 16, generator=g).requires_grad_()
     w = (torch.randn(11, 16, generator=g) * 0.5).requires_grad_()
     y = torch.randint(0, 11, (24,), generator=g)
-    y[3:7] = -100
+    if ignored:
+        y[3:7] = -100
     bf16 = precision == "bf16"
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         ref = F.cross_entropy(F.linear(h, w).float(), y, ignore_index=-100, reduction="sum")

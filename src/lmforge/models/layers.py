@@ -381,32 +381,44 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_h = torch.empty_like(h) if need_h else None
+            device = h.device
             n, vocab = h.shape[0], w.shape[0]
+            rows = min(rows, n)
+            total = torch.zeros((), dtype=torch.float32, device=device)
+            grad_h = torch.empty_like(h) if need_h else None
             keep_logit_grads = (need_w and dtype != torch.float32
                                 and n * vocab * h.element_size() <= CROSS_ENTROPY_GRAD_BUFFER_BYTES)
-            logit_grads = torch.empty((n, vocab), dtype=dtype, device=h.device) if keep_logit_grads else None
-            grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            logit_grads = torch.empty((n, vocab), dtype=dtype, device=device) if keep_logit_grads else None
+            grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=device)
                       if need_w and not keep_logit_grads else None)
-            for start in range(0, h.shape[0], rows):
+            # One set of chunk buffers for the whole loop: fresh multi-megabyte tensors per chunk
+            # would cost page faults on a CPU. Each chunk makes three passes over its logits
+            # (fp32 copy, log-softmax, exp into the gradient), not a pass per elementwise op.
+            logits_buf = torch.empty((rows, vocab), dtype=dtype, device=device)
+            float_buf = logits_buf if dtype == torch.float32 else torch.empty((rows, vocab), device=device)
+            logp_buf = torch.empty((rows, vocab), dtype=torch.float32, device=device)
+            check_rows = device.type == "cpu"  # a host-side test of the labels is free on CPU only
+            for start in range(0, n, rows):
                 hc, y = h[start:start + rows], labels[start:start + rows]
-                logits = (hc @ w.t()).float()  # (n, vocab)
-                lse = torch.logsumexp(logits, dim=-1)
+                m = hc.shape[0]
+                logits = torch.mm(hc, w.t(), out=logits_buf[:m])
+                lf = logits if float_buf is logits_buf else float_buf[:m].copy_(logits)
+                logp = torch.log_softmax(lf, dim=1, out=logp_buf[:m])
                 valid = y != ignore_index
-                y = torch.where(valid, y, 0)
-                total += ((lse - logits.gather(1, y[:, None]).squeeze(1)) * valid).sum()
+                some_ignored = not check_rows or not bool(valid.all())
+                y = torch.where(valid, y, 0) if some_ignored else y
+                picked = logp.gather(1, y[:, None]).squeeze(1)  # log p(label)
+                total -= (picked * valid).sum() if some_ignored else picked.sum()
                 if need_h or need_w:
-                    # d loss / d logits = softmax - one_hot(label), zero on ignored rows.
-                    g = logits.sub_(lse[:, None]).exp_()
-                    g[torch.arange(len(y), device=y.device), y] -= 1.0
-                    g = g.mul_(valid[:, None])
-                    if keep_logit_grads:
-                        g = logit_grads[start:start + rows].copy_(g)
-                    else:
-                        g = g.to(dtype)
+                    # d loss / d logits = softmax - one_hot(label), zero on ignored rows; the label's
+                    # entry p - 1 is formed from log p in fp32 (expm1) before any rounding to `dtype`.
+                    g = logit_grads[start:start + m] if keep_logit_grads else logits
+                    torch.exp(logp, out=g)
+                    g[torch.arange(m, device=device), y] = torch.expm1(picked).to(g.dtype)
+                    if some_ignored:
+                        g.masked_fill_(~valid[:, None], 0.0)
                     if need_h:
-                        torch.mm(g, w, out=grad_h[start:start + rows])
+                        torch.mm(g, w, out=grad_h[start:start + m])
                     if need_w and not keep_logit_grads:
                         if dtype == torch.float32:
                             grad_w.addmm_(g.t(), hc)  # in place: no (vocab, C) temporary per chunk
