@@ -5,13 +5,20 @@ greedy, a fixed number of new tokens (HF is told not to stop early), from 32-tok
 prompts, in the same dtype (`--dtype`, fp32 by default), with the default attention implementation and
 KV cache of each side. In bf16, greedy tokens may differ where two logits round to a tie.
 
+`ratio` compares the two defaults: `generate()` against `GPT2LMHeadModel.generate()`. On CPU lmforge
+is also timed with `compile=True` (`lmforge generate --compile`: the decode step as one compiled
+graph), reported as `ours_compiled` / `ratio_compiled` (and `_batch8`); its one-off compilation
+(`compile_seconds`, per batch size) is not in the timed runs. `--no_compile` skips it.
+
     python benchmarks/generate_throughput.py [--n_layer 6 --n_embd 384 --n_head 6 --new_tokens 128
-                                              --batch_sizes 1 8 --device cpu --dtype float32]
+                                              --batch_sizes 1 8 --device cpu --dtype float32 --no_compile]
 
 At batch 1 on a CPU, decoding streams every weight matrix from memory once per token, so the
 script also times those matrix-vector products alone (the model's own Linear layers, in order,
-on one row each): `floor_tokens_per_s` is the rate no implementation using these kernels at this
-dtype can beat, and `ratio_ceiling` the ratio it would give against the same baseline.
+on one row each, through ATen's `F.linear`): `floor_tokens_per_s` is the rate no eager decoder
+using those kernels at this dtype can beat, and `ratio_ceiling` the ratio it would give against
+the same baseline. The compiled decoder uses inductor's own prepacked GEMM kernels instead, so
+it is not bound by that floor.
 
 The last line printed is one JSON object (see ARCHITECTURE.md, "Benchmarks").
 """
@@ -59,27 +66,24 @@ def hf_gpt2_from_ours(model: GPT):
     return hf.eval()
 
 
-def timed_pair(fn_a, fn_b, device: str, repeats: int) -> tuple[float, float, object, object]:
-    """Best wall time of `fn_a()` and `fn_b()` over `repeats` interleaved runs, after one warm-up each.
+def timed_interleaved(fns: dict, device: str, repeats: int) -> tuple[dict, dict]:
+    """Best wall time of each function over `repeats` interleaved runs, after one warm-up each,
+    and each one's last output.
 
-    Interleaving exposes both sides to the same machine load; the best run is the least disturbed one.
+    Interleaving exposes every side to the same machine load; the best run is the least disturbed one.
     """
-    out_a, out_b = fn_a(), fn_b()
-    best_a = best_b = float("inf")
+    outs = {name: fn() for name, fn in fns.items()}
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        for which, fn in (("a", fn_a), ("b", fn_b)):
+        for name, fn in fns.items():
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            out = fn()
+            outs[name] = fn()
             if device == "cuda":
                 torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            if which == "a":
-                best_a, out_a = min(best_a, dt), out
-            else:
-                best_b, out_b = min(best_b, dt), out
-    return best_a, best_b, out_a, out_b
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best, outs
 
 
 def weight_read_floor(model: torch.nn.Module, batch: int, repeats: int = 20) -> float:
@@ -122,6 +126,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="weights and KV cache of both sides")
+    ap.add_argument("--no_compile", action="store_true", help="do not time lmforge's compiled decoding")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda requested but CUDA is not available")
@@ -143,6 +148,7 @@ def main() -> None:
 
     results: dict[int, dict] = {}
     tokens_match = None
+    compiled = args.device == "cpu" and not args.no_compile
     for bs in args.batch_sizes:
         gen = torch.Generator().manual_seed(args.seed + bs)
         prompt = torch.randint(0, args.vocab_size, (bs, args.prompt_tokens), generator=gen)
@@ -158,20 +164,34 @@ def main() -> None:
                                    max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                    do_sample=False, pad_token_id=0)
 
-        t_ours, t_hf, out_ours, out_hf = timed_pair(run_ours, run_hf, args.device, args.repeats)
+        fns = {"ours": run_ours, "hf": run_hf}
+        compile_seconds = None
+        if compiled:
+            t0 = time.perf_counter()
+            generate(ours, prompt_list, params, compile=True)
+            compile_seconds = time.perf_counter() - t0
+            fns["compiled"] = lambda: generate(ours, prompt_list, params, compile=True)
+        best, outs = timed_interleaved(fns, args.device, args.repeats)
         n = bs * args.new_tokens
-        match = out_hf[:, args.prompt_tokens:].tolist() == out_ours
-        results[bs] = {"ours": n / t_ours, "baseline": n / t_hf, "match": match}
+        hf_ids = outs["hf"][:, args.prompt_tokens:].tolist()
+        match = hf_ids == outs["ours"]
+        results[bs] = {"ours": n / best["ours"], "baseline": n / best["hf"], "match": match}
         if bs == 1 or tokens_match is None:
             tokens_match = match
-        print(f"batch {bs}: lmforge {n / t_ours:9.1f} tok/s | transformers {n / t_hf:9.1f} tok/s | "
-              f"ratio {t_hf / t_ours:5.2f} | greedy tokens identical: {match}")
+        line = (f"batch {bs}: lmforge {n / best['ours']:9.1f} tok/s | transformers {n / best['hf']:9.1f} tok/s | "
+                f"ratio {best['hf'] / best['ours']:5.2f} | greedy tokens identical: {match}")
+        if compiled:
+            results[bs].update(compiled=n / best["compiled"], compile_seconds=compile_seconds,
+                               compiled_match_eager=outs["compiled"] == outs["ours"])
+            line += (f"\n         lmforge compiled {n / best['compiled']:9.1f} tok/s | ratio {best['hf'] / best['compiled']:5.2f}"
+                     f" | compiled in {compile_seconds:.1f} s | tokens identical to eager: {outs['compiled'] == outs['ours']}")
+        print(line)
 
     first_bs = 1 if 1 in results else args.batch_sizes[0]
     first = results[first_bs]
     floor_tps = first_bs / weight_read_floor(ours, first_bs)
     print(f"batch {first_bs}: the Linear layers' products alone run at {floor_tps:.1f} tok/s, "
-          f"so no decoder using these kernels exceeds a ratio of {floor_tps / first['baseline']:.2f}")
+          f"so no eager decoder using these kernels exceeds a ratio of {floor_tps / first['baseline']:.2f}")
     out = {"benchmark": "generate_throughput", "device": args.device,
            "ours": round(first["ours"], 2),
            "baseline_name": f"transformers {transformers.__version__} GPT2LMHeadModel.generate",
@@ -184,6 +204,13 @@ def main() -> None:
         if bs not in (1, 8):
             out[f"ours_batch{bs}"] = round(r["ours"], 2)
             out[f"baseline_batch{bs}"] = round(r["baseline"], 2)
+    if compiled:
+        out["ours_compiled"] = round(first["compiled"], 2)
+        out["ratio_compiled"] = round(first["compiled"] / first["baseline"], 3)
+        if 8 in results:
+            out["ratio_compiled_batch8"] = round(results[8]["compiled"] / results[8]["baseline"], 3)
+        out["compile_seconds"] = {bs: round(r["compile_seconds"], 1) for bs, r in results.items()}
+        out["compiled_tokens_match_eager"] = all(r["compiled_match_eager"] for r in results.values())
     out["floor_tokens_per_s"] = round(floor_tps, 2)
     out["ratio_ceiling"] = round(floor_tps / first["baseline"], 3)
     out["tokens_match"] = bool(tokens_match)

@@ -74,6 +74,23 @@ def test_generate_and_eval_on_an_explicit_cpu_device_equal_the_default(trained, 
         assert cpu.stdout == default.stdout
 
 
+def test_generate_compiled_equals_eager(trained):
+    args = ["--model", trained, "--prompt", '["The quick", "A"]', "--max-new-tokens", "20", "--temperature", "0",
+            "--no_stream", "--device", "cpu"]
+    eager, compiled = lmforge("generate", *args), lmforge("generate", *args, "--compile")
+    assert compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout == eager.stdout
+
+
+def test_generate_compiled_refuses_a_gpu_device(trained):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    assert_user_error(lmforge("generate", "--model", trained, "--prompt", "x", "--compile", "--device", "cuda"),
+                      "compiled decoding runs on CPU")
+
+
 @pytest.mark.parametrize("device,fragment", [("tpu", "unknown device 'tpu'"),
                                              ("cuda", "CUDA is not available")])
 def test_unusable_device(trained, corpus, device, fragment):

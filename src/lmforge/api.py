@@ -249,8 +249,12 @@ def load(run_dir: str | Path, *, device: str = "cpu"):
     return model, tokenizer
 
 
-def generate(run_dir_or_model, prompts: str | list[str], *, tokenizer=None, **sampling) -> list[list[str]]:
-    """Sampled continuations: one list of `num_samples` strings per prompt."""
+def generate(run_dir_or_model, prompts: str | list[str], *, tokenizer=None, compile: bool = False,
+             **sampling) -> list[list[str]]:
+    """Sampled continuations: one list of `num_samples` strings per prompt.
+
+    `compile=True` (CPU, GPT family) compiles the decode step into one graph on first use: tens of
+    seconds once, then 2-3x faster decoding (see `lmforge.infer.compiled`)."""
     from lmforge.infer.generate import generate_text
     from lmforge.infer.sampling import SamplingParams
 
@@ -259,7 +263,7 @@ def generate(run_dir_or_model, prompts: str | list[str], *, tokenizer=None, **sa
     else:
         model = run_dir_or_model
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    return generate_text(model, tokenizer, prompts, SamplingParams(**sampling))
+    return generate_text(model, tokenizer, prompts, SamplingParams(**sampling), compile=compile)
 
 
 def evaluate_perplexity(run_dir: str | Path, data: str, **kwargs) -> dict:

@@ -102,6 +102,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--prompt", type=list[str] | str, default=[""], help="a prompt, or a JSON list of prompts")
     p.add_argument("--no_stream", action="store_true", help="print whole samples instead of streaming tokens")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
+    p.add_argument("--compile", action="store_true",
+                   help="CPU, GPT family: compile the decode step into one graph first (tens of seconds), "
+                        "then decode 2-3x faster; pays off for long or many generations")
     _sampling_arguments(p)
     verbs.add_subcommand("generate", p, help="sample continuations of prompts")
 
@@ -245,7 +248,8 @@ def run(argv: list[str]) -> int:
         prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
         model, tokenizer = api.load(args.model, device=args.device)
         if args.no_stream:
-            for prompt, samples in zip(prompts, api.generate(model, prompts, tokenizer=tokenizer, **params.__dict__)):
+            for prompt, samples in zip(prompts, api.generate(model, prompts, tokenizer=tokenizer, compile=args.compile,
+                                                             **params.__dict__)):
                 for text in samples:
                     print(prompt + text)
         else:
@@ -254,7 +258,8 @@ def run(argv: list[str]) -> int:
                 for i in range(params.num_samples):
                     seed = None if params.seed is None else params.seed + i
                     sys.stdout.write(prompt)
-                    stream_text(model, tokenizer, prompt, replace(params, num_samples=1, seed=seed))
+                    stream_text(model, tokenizer, prompt, replace(params, num_samples=1, seed=seed),
+                                compile=args.compile)
                     sys.stdout.write("\n")
     elif verb == "chat":
         from lmforge.infer.chat import chat_loop
