@@ -56,6 +56,25 @@ def test_attend_uses_materialized_path_only_for_small_bf16_cpu_scores(monkeypatc
     assert calls == [1]
 
 
+def test_attend_materializes_bf16_decode_steps_of_a_batch_only(monkeypatch):
+    q, k, v = _qkv(B=2, T=9)
+    one_token = q[:, :, -1:]
+    calls = []
+    monkeypatch.setattr(layers, "materialized_attention", lambda *a, **kw: calls.append(a[0].shape[0]) or a[0])
+    layers.attend(one_token, k, v, mask=None, is_causal=False, dropout=0.0, scale=None, naive=False)
+    layers.attend(one_token[:1], k[:1], v[:1], mask=None, is_causal=False, dropout=0.0, scale=None, naive=False)
+    assert calls == [2]  # two rows: materialized; a single row: SDPA's fused kernel
+
+
+def test_materialized_decode_step_matches_sdpa():
+    q, k, v = _qkv(B=8, T=40)
+    q = q[:, :, -1:].detach()
+    keep = torch.arange(40)[None, None, None, :] < torch.randint(5, 41, (8, 1, 1, 1))  # per-row key lengths
+    out = materialized_attention(q, k.detach(), v.detach(), mask=keep, is_causal=False, dropout=0.0, scale=None)
+    ref = F.scaled_dot_product_attention(q.float(), k.detach().float(), v.detach().float(), attn_mask=keep)
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
 def test_rope_heads_last_matches_apply_rope():
     x = torch.randn(2, 5, 3, 8)
     for positions in (torch.arange(5), torch.arange(5)[None].expand(2, 5)):
