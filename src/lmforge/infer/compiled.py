@@ -16,7 +16,8 @@ the KV-cache writes) once with `torch.compile` and inductor:
 Compiling takes tens of seconds per (model, batch size, cache bucket), so it pays off for long
 generations and repeated calls, not for one short reply. It needs a C++ compiler (inductor's
 requirement). The graph holds a snapshot of the weights taken when it is built; when the model's
-weights change in place afterwards, the next call builds a new snapshot and compiles again.
+weights change in place afterwards, the next call builds a new snapshot and compiles again, so it
+is meant for a trained model, not for sampling between training steps.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ _INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True, "max_autotune": True
 
 
 # torch >= 2.6 can skip the guard checks of calls known to match (see `CompiledDecoder.session`).
-_CAN_SKIP_GUARDS = "skip_guard_eval_unsafe" in inspect.signature(getattr(torch.compiler, "set_stance", print)).parameters
+_CAN_SKIP_GUARDS = "skip_guard_eval_unsafe" in inspect.signature(
+    getattr(torch.compiler, "set_stance", lambda *args, **kwargs: None)).parameters
 
 
 def cache_length(total: int, block_size: int) -> int:
@@ -202,10 +204,11 @@ def _arguments(tokens, positions, key_start, write_col, cache) -> tuple:
 
 def check_compilable(model: nn.Module) -> None:
     """Raise a ConfigError unless `model` is a decoder the compiled step supports."""
-    if getattr(model, "family", None) != "gpt":
-        raise ConfigError(f"compiled decoding supports GPT-family decoders, not {getattr(model, 'family', type(model).__name__)} models",
+    family = getattr(model, "family", type(model).__name__)
+    if family != "gpt":
+        raise ConfigError(f"compiled decoding supports GPT-family decoders, not {family} models",
                           "generate without --compile")
     device = next(model.parameters()).device
     if device.type != "cpu":
         raise ConfigError(f"compiled decoding runs on CPU, the model is on {device}",
-                          "generate without --compile (GPU decoding is already kernel-bound) or load the model on CPU")
+                          "generate without --compile or load the model on CPU")
