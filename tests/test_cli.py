@@ -82,6 +82,16 @@ def test_generate_compiled_equals_eager(trained):
     assert compiled.stdout == eager.stdout
 
 
+def test_generate_compiled_refuses_a_recurrent_model_before_printing(trained, corpus, tmp_path):
+    run = tmp_path / "lstm"
+    r = lmforge("pretrain", "--data", corpus / "data", "--model", "lstm-debug", "--train.max_steps", "2",
+                "--train.progress", "false", "--out", run)
+    assert r.returncode == 0, r.stderr
+    r = lmforge("generate", "--model", run, "--prompt", "The", "--compile")
+    assert_user_error(r, "GPT-family", "without --compile")
+    assert r.stdout == ""
+
+
 def test_generate_compiled_refuses_a_gpu_device(trained):
     import torch
 

@@ -247,6 +247,10 @@ def run(argv: list[str]) -> int:
         params = _params(_sampling_from(args))
         prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
         model, tokenizer = api.load(args.model, device=args.device)
+        if args.compile:
+            from lmforge.infer.compiled import check_compilable
+
+            check_compilable(model)  # before anything is printed
         if args.no_stream:
             for prompt, samples in zip(prompts, api.generate(model, prompts, tokenizer=tokenizer, compile=args.compile,
                                                              **params.__dict__)):
