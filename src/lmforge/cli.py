@@ -104,7 +104,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     p.add_argument("--compile", action="store_true",
                    help="CPU, GPT family: compile the decode step into one graph first (tens of seconds), "
-                        "then decode 2-3x faster; pays off for long or many generations")
+                        "then decode about 2.5x faster; pays off for long or many generations")
     _sampling_arguments(p)
     verbs.add_subcommand("generate", p, help="sample continuations of prompts")
 

@@ -44,7 +44,7 @@ def generate(model: nn.Module, prompt_ids: Sequence[Sequence[int]], params: Samp
     every new token of a row still running. `use_cache=False` recomputes the whole sequence at
     every step; it is slow and exists as a reference for the cached path. `compile=True` runs each
     decode step as one compiled graph (CPU, GPT family; see `lmforge.infer.compiled`): the first
-    call compiles for tens of seconds, later ones decode up to twice as fast at batch 1.
+    call compiles for tens of seconds, later ones decode about 2.5x as fast at batch 1.
     """
     return [c.ids for c in generate_completions(model, prompt_ids, params, eos_id=eos_id, tokenizer=tokenizer,
                                                 stream=stream, use_cache=use_cache, compile=compile)]
