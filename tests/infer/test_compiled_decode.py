@@ -47,6 +47,11 @@ def test_layer_cache_matches_the_stacked_cache():
         a = model(x, kv_cache=stacked)
         b = model(x, kv_cache=layered)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+    stacked.reorder(torch.tensor([1]))
+    layered.reorder(torch.tensor([1]))
+    for layer in range(cfg.n_layer):
+        torch.testing.assert_close(layered.k[layer], stacked.k[layer], rtol=0, atol=0)
+        torch.testing.assert_close(layered.v[layer], stacked.v[layer], rtol=0, atol=0)
 
 
 @needs_compiler

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.errors import ConfigError
+from lmforge.models.layers import KVCache
 
 # Cache lengths are rounded up to a multiple of this, so that generations of different lengths
 # share one compiled graph; masked positions cost a little attention work, not a recompilation.
@@ -50,13 +51,12 @@ def cache_length(total: int, block_size: int) -> int:
     return min(block_size, -(-total // CACHE_BUCKET) * CACHE_BUCKET)
 
 
-class LayerKVCache:
-    """Preallocated keys/values with one (B, n_kv_head, max_len, head_dim) tensor per layer.
+class LayerKVCache(KVCache):
+    """A `KVCache` holding one (B, n_kv_head, max_len, head_dim) tensor per layer instead of one stacked tensor.
 
-    The same interface as `KVCache` (`length`, `update`, `advance`) for the eager prompt pass. The
-    compiled step writes into these tensors in place; separate tensors per layer matter there: the
-    layers of one stacked tensor are views of a single graph input, and writing one view makes the
-    compiled graph copy whole layers every step.
+    The eager prompt pass uses it like any `KVCache`; the compiled step then writes into these tensors
+    in place. Separate tensors matter there: the layers of one stacked tensor are views of a single
+    graph input, and writing one view makes the compiled graph copy whole layers every step.
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, *,
@@ -67,17 +67,9 @@ class LayerKVCache:
         self.max_len = max_len
         self.length = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k/v (B, n_kv, T, hs) at the current position; return all keys/values so far."""
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
+    def reorder(self, index: torch.Tensor) -> None:
+        self.k = [k[index] for k in self.k]
+        self.v = [v[index] for v in self.v]
 
 
 class _StepCache:
