@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from lmforge.config import TrainConfig  # noqa: E402
 from lmforge.models.gpt import GPTConfig, flops_per_token  # noqa: E402
 from lmforge.models.registry import build_model  # noqa: E402
-from lmforge.train.distributed import DistInfo, resolve_device  # noqa: E402
+from lmforge.device import resolve_device
+from lmforge.parallel import DistInfo  # noqa: E402
 from lmforge.train.optim import parameter_groups  # noqa: E402
 from lmforge.train.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from lmforge.train.trainer import Trainer  # noqa: E402

@@ -22,7 +22,7 @@ from lmforge.infer.generate import generate
 from lmforge.infer.sampling import SamplingParams
 from lmforge.models.layers import naive_attention
 from lmforge.models.registry import build_model
-from lmforge.train.distributed import DistInfo
+from lmforge.parallel import DistInfo
 from lmforge.train.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -64,7 +64,7 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
     from lmforge.data.shards import load_dataset_meta, open_tokens
     from lmforge.data.tokenizers import Tokenizer
     from lmforge.train.objectives import build_objective
-    from lmforge.train.distributed import broadcast_object, init_distributed, shutdown_distributed
+    from lmforge.parallel import broadcast_object, init_distributed, shutdown_distributed
     from lmforge.train.trainer import Trainer, plot_losses
 
     data = DataConfig(path=data) if isinstance(data, str) else data

@@ -196,7 +196,7 @@ def test_bad_config_names_the_field(overrides, field):
 
 
 def test_activation_checkpointing_covers_both_stacks_and_keeps_gradients():
-    from lmforge.train.distributed import apply_activation_checkpointing
+    from lmforge.parallel import apply_activation_checkpointing
 
     src, dec = torch.randint(0, 97, (2, 10)), torch.randint(0, 97, (2, 6))
     grads = []

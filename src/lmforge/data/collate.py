@@ -13,20 +13,16 @@ import numpy as np
 import torch
 
 from lmforge.data.loaders import LMWindowLoader
+from lmforge.data.text import is_cjk
+from lmforge.data.tokenizers import sentinel_token
 from lmforge.errors import ConfigError, DataError
+
 
 IGNORE_INDEX = -100
 PAIR_TASKS = ("nsp", "sop")
 
 
 # ---------------------------------------------------------------- masked language modelling
-def is_cjk(ch: str) -> bool:
-    """True for a CJK ideograph (the ranges BERT's tokenizer splits into single-character words)."""
-    cp = ord(ch)
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
-            or 0x2A700 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
-
-
 def _word_char(ch: str) -> bool:
     return (ch.isalnum() or ch == "_") and not is_cjk(ch)
 
@@ -372,8 +368,6 @@ def span_corruption_lengths(inputs_length: int, *, noise_density: float = 0.15,
 
 def sentinel_ids(tokenizer) -> np.ndarray:
     """Ids of ``<extra_id_0>``, ``<extra_id_1>``, ... in order; a one-line ConfigError when there are none."""
-    from lmforge.data.tokenizers import sentinel_token
-
     ids = []
     while (i := tokenizer.token_to_id(sentinel_token(len(ids)))) is not None:
         ids.append(i)

@@ -28,7 +28,9 @@ from typing import Iterable, Sequence
 import tokenizers as hf
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from lmforge.data.text import is_cjk
 from lmforge.errors import ConfigError, DataError
+
 
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram", "char")
 EOT = "<|endoftext|>"
@@ -341,8 +343,6 @@ def add_characters(tokenizer: Tokenizer, chars: Sequence[str]) -> Tokenizer:
     containing it encode as well. Character tokenizers get it as a token. Everything else about the
     tokenizer (normalizer, pre-tokenizer, special tokens, templates) is unchanged.
     """
-    from lmforge.data.collate import is_cjk
-
     spec = json.loads(tokenizer.hf.to_str())
     model = spec["model"]
     if model.get("type") not in ("WordPiece", "WordLevel") or not isinstance(model.get("vocab"), dict):

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.atomic import atomic_path
 from lmforge.errors import DataError
+
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -108,7 +110,6 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lmforge.atomic import atomic_path
 
     counts = np.asarray(matrix, dtype=np.int64)
     labels = [str(label) for label in labels]

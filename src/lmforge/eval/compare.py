@@ -203,7 +203,7 @@ def training_settings(cfg) -> dict:
 
 
 def _device(name: str) -> torch.device:
-    from lmforge.train.distributed import resolve_device
+    from lmforge.device import resolve_device
 
     return resolve_device(name)
 

@@ -18,7 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmforge.data.tokenizers import Tokenizer
 from lmforge.errors import CheckpointError, ConfigError, DataError
+from lmforge.models.registry import load_model
+
 
 
 def evaluate_perplexity(model: nn.Module, tokens, *, block_size: int | None = None, stride: int | None = None,
@@ -111,8 +114,6 @@ def perplexity_of_run(run_dir: str | Path, data: str | Path, *, device: str = "c
     or a UTF-8 text file, scored as is after encoding with the run's tokenizer.
     Keyword arguments go to `evaluate_perplexity`.
     """
-    from lmforge.models.registry import load_model
-
     run_dir, data = Path(run_dir), Path(data)
     if not data.exists():
         raise DataError(f"{data} does not exist", "pass a prepared dataset directory or a text file")
@@ -165,8 +166,6 @@ def _read_text(path: Path) -> str:
 
 
 def _load_tokenizer(run_dir: Path):
-    from lmforge.data.tokenizers import Tokenizer
-
     if not (run_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{run_dir / 'tokenizer.json'} is missing",
                               "pass a run directory written by lmforge training, which includes the tokenizer")

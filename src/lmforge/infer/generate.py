@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 
 from lmforge.errors import ConfigError
+from lmforge.infer.compiled import CompiledDecoder
 from lmforge.infer.sampling import SamplingParams, apply_repetition_penalty, sample_next
+
 
 StreamFn = Callable[[int, int], None]
 
@@ -196,7 +198,6 @@ def generate_completions(model: nn.Module, prompt_ids: Sequence[Sequence[int]], 
     if compile:
         if not use_cache:
             raise ConfigError("compiled decoding needs the KV cache", "drop use_cache=False or compile=True")
-        from lmforge.infer.compiled import CompiledDecoder
 
         decoder = CompiledDecoder.for_model(model)
 
@@ -285,8 +286,6 @@ def _decode(model, rows: list[list[int]], params: SamplingParams, eos_id, tokeni
     any_done = False
 
     if compiled_step is not None:
-        from lmforge.infer.compiled import CompiledDecoder
-
         cache = CompiledDecoder.new_cache(model, B, total)
         key_start = torch.tensor([P - n for n in lens], device=device)  # each row's first real column
     else:

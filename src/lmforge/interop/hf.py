@@ -25,10 +25,14 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from lmforge.atomic import atomic_directory
+from lmforge.data.tokenizers import Tokenizer
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models.bert import BertConfig
-from lmforge.models.gpt import GPTConfig
+from lmforge.models.gpt import GPTConfig, count_parameters
+from lmforge.models.registry import build_model, load_model, save_model
 from lmforge.models.t5 import T5Config
+
 
 
 # ---------------------------------------------------------------- key maps
@@ -475,8 +479,6 @@ def _assemble(row: Row, hf_state: dict, want: torch.Size, problems: list[str]) -
 
 
 def _expected_shapes(cfg) -> dict[str, torch.Size]:
-    from lmforge.models.registry import build_model
-
     return {k: v.shape for k, v in build_model(cfg, device="meta").state_dict().items()}
 
 
@@ -566,9 +568,6 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
 
 def _import(src: str | Path):
     """(model in eval mode, Tokenizer or None, architecture name, optional parts the checkpoint lacked)."""
-    from lmforge.data.tokenizers import Tokenizer
-    from lmforge.models.registry import build_model
-
     src = Path(src)
     if not src.is_dir():
         raise CheckpointError(f"{src} does not exist" if not src.exists() else f"{src} is not a folder",
@@ -653,7 +652,6 @@ def export_hf(model: nn.Module, dst_dir: str | Path, tokenizer=None, *, overwrit
     The folder (config.json, model.safetensors, and tokenizer.json + tokenizer_config.json when a
     tokenizer is given) appears whole or not at all.
     """
-    from lmforge.atomic import atomic_directory
     from safetensors.torch import save_file
 
     dst = Path(dst_dir)
@@ -684,11 +682,6 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool
     Both need a tokenizer.json in `src`. Returns what was written: destination, architecture,
     family, parameter count and the optional parts `src` lacked (initialised fresh).
     """
-    from lmforge.atomic import atomic_directory
-    from lmforge.data.tokenizers import Tokenizer
-    from lmforge.models.gpt import count_parameters
-    from lmforge.models.registry import load_model, save_model
-
     if to not in ("hf", "lmforge"):
         raise ConfigError(f"unknown conversion target {to!r}", "pass --to hf or --to lmforge")
     src, dst = Path(src), Path(dst)

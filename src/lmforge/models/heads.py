@@ -21,6 +21,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from lmforge.models.lora import apply_lora, remove_lora
+from lmforge.models.registry import build_model, config_from_dict
+
+
+
 HEADS = ("sequence", "token", "span", "lm")
 
 
@@ -65,7 +70,6 @@ class TaskModel(nn.Module):
 
     def __init__(self, cfg: TaskModelConfig, backbone: nn.Module | None = None):
         super().__init__()
-        from lmforge.models.registry import build_model, config_from_dict
 
         self.config = cfg
         self.backbone = backbone if backbone is not None else build_model(config_from_dict(cfg.backbone))
@@ -78,8 +82,6 @@ class TaskModel(nn.Module):
             nn.init.normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
         if cfg.lora:
-            from lmforge.train.peft import apply_lora
-
             apply_lora(self.backbone, r=cfg.lora["r"], alpha=cfg.lora["alpha"], dropout=cfg.lora.get("dropout", 0.0),
                        targets=tuple(cfg.lora["targets"]))
             for p in self.parameters():  # a loaded model trains whatever the config says; set by the caller
@@ -108,8 +110,6 @@ class TaskModel(nn.Module):
         """The backbone as a plain model of its family, LoRA adapters folded into its weights."""
         if not self.config.lora:
             return self.backbone
-        from lmforge.train.peft import remove_lora
-
         return remove_lora(self.backbone)
 
     # ------------------------------------------------------------------ shared pieces

@@ -12,15 +12,23 @@ import torch
 import torch.nn as nn
 
 from lmforge.atomic import save_safetensors_atomic, write_json_atomic
+from lmforge.device import resolve_device
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.models import bert, gpt, heads, ngram, rnn, t5
 
-# Each family module defines its config class, model class and named presets.
-FAMILY_MODULES = (gpt, rnn, t5, bert, ngram, heads)
+# Filled by `register_family`, which `lmforge.models` calls for each family module on import.
+FAMILIES: dict[str, tuple[type, type]] = {}
+PRESETS: dict[str, tuple[str, dict]] = {}
 
-FAMILIES: dict[str, tuple[type, type]] = {m.FAMILY: (m.CONFIG, m.MODEL) for m in FAMILY_MODULES}
-PRESETS: dict[str, tuple[str, dict]] = {name: (m.FAMILY, values) for m in FAMILY_MODULES
-                                         for name, values in m.PRESETS.items()}
+
+def register_family(module) -> None:
+    """Add a family module's `FAMILY` name, `CONFIG` and `MODEL` classes and named `PRESETS`."""
+    if module.FAMILY in FAMILIES:
+        raise ValueError(f"model family {module.FAMILY!r} is registered twice")
+    FAMILIES[module.FAMILY] = (module.CONFIG, module.MODEL)
+    for name, values in module.PRESETS.items():
+        if name in PRESETS:
+            raise ValueError(f"model preset {name!r} is registered twice")
+        PRESETS[name] = (module.FAMILY, values)
 
 
 def list_presets() -> list[str]:
@@ -151,8 +159,6 @@ def tied_keys(model: nn.Module) -> set[str]:
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """Load a model saved by `save_model` (or a run directory) onto `device` ("auto": a GPU when present)."""
     from safetensors.torch import load_file
-
-    from lmforge.train.distributed import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else device
     directory = Path(directory)

@@ -17,7 +17,10 @@ import numpy as np
 import torch
 
 from lmforge.config import AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, TaskDataConfig
+from lmforge.data.task_readers import read_examples
+from lmforge.errors import DataError
 from lmforge.train.objectives import IGNORE_INDEX, Objective
+
 
 
 @dataclass
@@ -83,8 +86,6 @@ class Task(Objective, metaclass=ABCMeta):
 
     # ------------------------------------------------------------------ data
     def read(self, path: str, *, target_path: str | None = None, require_labels: bool = True) -> list[dict]:
-        from lmforge.data.task_readers import read_examples
-
         d = self.data
         kwargs = dict(task=self.reader_task, format=d.format, text_field=d.text_field,
                       text_pair_field=d.text_pair_field, label_field=d.label_field, source_field=d.source_field,
@@ -191,8 +192,6 @@ class ExampleLoader:
     def __init__(self, features: list[dict], batch_size: int, collate, *, seed: int, rank: int = 0,
                  world_size: int = 1):
         if not features:
-            from lmforge.errors import DataError
-
             raise DataError("no training examples to fine-tune on", "check data.train and the reader settings")
         self.features, self.batch_size, self.collate = features, batch_size, collate
         self.seed, self.rank, self.world_size = seed, rank, world_size

@@ -24,6 +24,7 @@ import math
 import torch
 
 from lmforge.errors import ConfigError
+from lmforge.eval.generation import rouge
 from lmforge.infer.chat import (
     TURN_STOP,
     fit_prompt,
@@ -31,8 +32,11 @@ from lmforge.infer.chat import (
     prompt_budget,
     user_message,
 )
+from lmforge.infer.generate import generate_completions
+from lmforge.infer.sampling import SamplingParams
 from lmforge.tasks.base import Task
 from lmforge.train.objectives import IGNORE_INDEX
+
 
 DEFAULT_GENERATE_LIMIT = 50
 
@@ -101,8 +105,6 @@ class ChatTask(Task):
 
     # ------------------------------------------------------------------ evaluation and prediction
     def evaluate(self, model, examples, features, *, batch_size):
-        from lmforge.eval.generation import rouge
-
         val_loss = self.eval_loss(model, features, batch_size) if features else float("nan")
         figures = {"val_loss": val_loss, "val_ppl": val_loss if math.isnan(val_loss) else math.exp(min(val_loss, 50.0))}
         limit = int(self.settings.decode.eval_examples or self.extra.get("eval_generate_limit", DEFAULT_GENERATE_LIMIT))
@@ -114,8 +116,6 @@ class ChatTask(Task):
         return figures
 
     def sampling_params(self):
-        from lmforge.infer.sampling import SamplingParams
-
         d = self.settings.decode
         if d.num_beams != 1:
             raise ConfigError(f"decode.num_beams is {d.num_beams}, but chat replies are decoded greedily or sampled",
@@ -125,8 +125,6 @@ class ChatTask(Task):
                               stop=[TURN_STOP], seed=d.seed)
 
     def predict(self, model, examples, *, batch_size):
-        from lmforge.infer.generate import generate_completions
-
         lm = getattr(model, "backbone", model)
         params = self.sampling_params()
         prompts = [self.prompt_ids(e) for e in examples]

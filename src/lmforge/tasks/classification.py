@@ -13,7 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmforge.data.augment import augment_texts
+from lmforge.errors import DataError
+from lmforge.eval.classification import classification_report, plot_confusion_matrix
 from lmforge.tasks.base import Task, to_device
+
 
 
 class ClassificationTask(Task):
@@ -34,8 +38,6 @@ class ClassificationTask(Task):
     def fit_labels(self, examples):
         labels = sorted({str(e["label"]) for e in examples if e.get("label") is not None}, key=_natural)
         if len(labels) < 2:
-            from lmforge.errors import DataError
-
             raise DataError(f"classification needs at least two labels, found {labels}",
                             "check data.label_field / the label column of the training file")
         return labels
@@ -45,7 +47,6 @@ class ClassificationTask(Task):
         cfg = self.settings.augment
         if not cfg.copies:
             return examples
-        from lmforge.data.augment import augment_texts
 
         return augment_texts(examples, cfg)
 
@@ -114,8 +115,6 @@ class ClassificationTask(Task):
         return torch.cat(rows) if rows else torch.zeros(0, len(self.labels))
 
     def evaluate(self, model, examples, features, *, batch_size):
-        from lmforge.eval.classification import classification_report
-
         logits = self.logits(model, features, batch_size)
         gold = [str(e["label"]) for e in examples]
         pred = [self.labels[i] for i in logits.argmax(-1).tolist()]
@@ -132,8 +131,6 @@ class ClassificationTask(Task):
                 for row, i in enumerate(logits.argmax(-1).tolist())]
 
     def write_plots(self, figures, run_dir: Path):
-        from lmforge.eval.classification import plot_confusion_matrix
-
         if "confusion_matrix" in figures:
             plot_confusion_matrix(figures["confusion_matrix"], figures.get("labels", self.labels),
                                   Path(run_dir) / "plots" / "confusion_matrix.png", title="validation")
@@ -147,8 +144,6 @@ def encode_text_input(tokenizer, family: str, text: str, pair: str | None, limit
     if family == "bert":
         cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
         if cls_id is None or sep_id is None:
-            from lmforge.errors import DataError
-
             raise DataError("the tokenizer has no [CLS]/[SEP] tokens, which BERT-style models need",
                             "use the tokenizer the model was pretrained with (a wordpiece tokenizer from lmforge)")
         budget = limit - (3 if b is not None else 2)

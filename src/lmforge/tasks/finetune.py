@@ -166,7 +166,7 @@ def apply_method(model, method: MethodConfig) -> dict:
 
     backbone = model.backbone
     if method.method == "lora":
-        from lmforge.train.peft import DEFAULT_TARGETS, apply_lora, lora_config
+        from lmforge.models.lora import DEFAULT_TARGETS, apply_lora, lora_config
 
         apply_lora(backbone, r=method.lora_r, alpha=method.lora_alpha, dropout=method.lora_dropout,
                    targets=tuple(method.lora_targets or DEFAULT_TARGETS))
@@ -211,7 +211,7 @@ def finetune(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | 
              decode: DecodeConfig | None = None, resume: bool = False) -> dict:
     from lmforge.api import _check_run_dir
     from lmforge.models.heads import TaskModel, TaskModelConfig
-    from lmforge.train.distributed import init_distributed, shutdown_distributed
+    from lmforge.parallel import init_distributed, shutdown_distributed
     from lmforge.train.trainer import Trainer, plot_losses
 
     cls = task_class(task)
@@ -345,7 +345,7 @@ def load_task_run(run_dir: str | Path, *, device: str = "cpu"):
         raise CheckpointError(f"{run_dir} holds a pretrained {model.family} model, not a fine-tuned one",
                               "pass a run directory written by `lmforge finetune`")
     if model.config.lora:
-        from lmforge.train.peft import merge_lora
+        from lmforge.models.lora import merge_lora
 
         merge_lora(model.backbone)
     recipe = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}

@@ -24,8 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmforge.data.task_readers import spans_to_tags, tags_to_spans
+from lmforge.errors import DataError
+from lmforge.eval.generation import is_cjk_text
+from lmforge.eval.sequence_labeling import entity_scores
 from lmforge.tasks.base import LengthGroupedLoader, Task, pad_batch, to_device
 from lmforge.train.objectives import IGNORE_INDEX
+
 
 
 class NERTask(Task):
@@ -44,8 +49,6 @@ class NERTask(Task):
         return [joiner(e["tokens"]).join(e["tokens"]) for e in examples if e.get("tokens")]
 
     def fit_labels(self, examples: list[dict]) -> list[str]:
-        from lmforge.errors import DataError
-
         tags = {str(t) for e in examples for t in (e.get("tags") or [])}
         check_scheme(sorted(tags), self.data.tag_scheme)
         entity_tags = sorted(tags - {"O"})
@@ -80,8 +83,6 @@ class NERTask(Task):
         if self.family == "bert":
             cls_id, sep_id = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
             if cls_id is None or sep_id is None:
-                from lmforge.errors import DataError
-
                 raise DataError("the tokenizer has no [CLS]/[SEP] tokens, which BERT-style models need",
                                 "use the tokenizer the model was pretrained with (a wordpiece tokenizer from lmforge)")
             head, tail = [cls_id], [sep_id]
@@ -158,8 +159,6 @@ class NERTask(Task):
         return repair_tags(tags, self.data.tag_scheme)
 
     def evaluate(self, model, examples, features, *, batch_size):
-        from lmforge.eval.sequence_labeling import entity_scores
-
         logits, loss, units = self.word_logits(model, features, batch_size)
         gold = [list(e["tags"]) for e in examples]
         pred = [self.decode(lg, len(e["tokens"])) for lg, e in zip(logits, examples)]
@@ -196,14 +195,10 @@ class NERTask(Task):
             elif isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x):
                 examples.append({"tokens": list(x), "tags": None})
             else:
-                from lmforge.errors import DataError
-
                 raise DataError(f"cannot tag {type(x).__name__} input", "pass a text, a list of tokens, or a list of those")
         return examples, False
 
     def pipeline_result(self, answer, example):
-        from lmforge.data.task_readers import tags_to_spans
-
         tokens, tags = answer["tokens"], answer["tags"]
         glue = joiner(tokens)
         entities = [{"type": kind, "start": start, "end": end, "text": glue.join(tokens[start:end])}
@@ -215,8 +210,6 @@ class NERTask(Task):
 def joiner(tokens: list[str]) -> str:
     """How tokens join into running text: nothing between single CJK characters, else a space."""
     if tokens and all(len(t) == 1 for t in tokens):
-        from lmforge.eval.generation import is_cjk_text
-
         if is_cjk_text("".join(tokens)):
             return ""
     return " "
@@ -224,8 +217,6 @@ def joiner(tokens: list[str]) -> str:
 
 def split_text(text: str) -> list[str]:
     """Tokens of a raw text: whitespace-separated words, or characters for text with CJK characters."""
-    from lmforge.eval.generation import is_cjk_text
-
     if is_cjk_text(text):
         return [ch for ch in text if not ch.isspace()]
     return text.split()
@@ -233,9 +224,6 @@ def split_text(text: str) -> list[str]:
 
 def check_scheme(tags: list[str], scheme: str) -> None:
     """DataError naming the first tag that `scheme` cannot hold."""
-    from lmforge.data.task_readers import tags_to_spans
-    from lmforge.errors import DataError
-
     for tag in tags:
         try:
             tags_to_spans([tag], scheme)
@@ -299,8 +287,6 @@ def _can_follow(prev: str, cur: str, scheme: str) -> bool:
 def repair_tags(tags: list[str], scheme: str) -> list[str]:
     """The closest valid sequence of `scheme`: read entities leniently (an I-/M-/E- that continues
     nothing starts one) and write them back, which leaves valid sequences unchanged."""
-    from lmforge.data.task_readers import spans_to_tags, tags_to_spans
-
     return spans_to_tags(tags_to_spans(tags, scheme), len(tags), scheme)
 
 

@@ -31,8 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmforge.errors import ConfigError, DataError
+from lmforge.eval.generation import is_cjk_text, squad_scores
 from lmforge.tasks.base import Task, pad_batch, to_device
 from lmforge.train.objectives import IGNORE_INDEX
+
 
 N_BEST = 20
 MAX_ANSWER_TOKENS = 30
@@ -64,7 +67,6 @@ class QATask(Task):
     def check_backbone(cls, backbone, data):
         if not data.question_match:
             return
-        from lmforge.errors import ConfigError
 
         types = getattr(backbone.config, "type_vocab_size", 0)
         if backbone.family != "bert":
@@ -110,8 +112,6 @@ class QATask(Task):
         gold text is not in the context."""
         limit = self.max_input_tokens()
         if limit < 8:
-            from lmforge.errors import ConfigError
-
             raise ConfigError(f"data.max_length {limit} leaves no room for a question and a context window",
                               "pass --data.max_length 128 or more")
         q = self.tokenizer.encode(question)[:limit // 2]
@@ -119,8 +119,6 @@ class QATask(Task):
         if bert:
             cls_id, sep_id = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
             if cls_id is None or sep_id is None:
-                from lmforge.errors import DataError
-
                 raise DataError("the tokenizer has no [CLS]/[SEP] tokens, which BERT-style models need",
                                 "use the tokenizer the model was pretrained with (a wordpiece tokenizer from lmforge)")
             prefix, suffix = [cls_id] + q + [sep_id], [sep_id]
@@ -208,8 +206,6 @@ class QATask(Task):
         return out, loss
 
     def evaluate(self, model, examples, features, *, batch_size):
-        from lmforge.eval.generation import squad_scores
-
         spans, val_loss = self.answers(model, examples, features, batch_size)
         scores = squad_scores({e["id"]: s["answer"] for e, s in zip(examples, spans)}, examples)
         return {"val_loss": val_loss, "exact_match": scores["exact_match"], "f1": scores["f1"]}
@@ -228,15 +224,11 @@ class QATask(Task):
             single = isinstance(inputs, dict)
             items = [inputs] if single else list(inputs)
             if not all(isinstance(x, dict) and "question" in x and "context" in x for x in items):
-                from lmforge.errors import DataError
-
                 raise DataError("question answering needs a question and a context",
                                 "call the pipeline with question=..., context=...")
             questions, contexts = [x["question"] for x in items], [x["context"] for x in items]
         else:
             if question is None or context is None:
-                from lmforge.errors import DataError
-
                 raise DataError("question answering needs a question and a context",
                                 "call the pipeline with question=..., context=...")
             single = isinstance(question, str) and isinstance(context, str)
@@ -247,8 +239,6 @@ class QATask(Task):
             elif len(contexts) == 1 and len(questions) > 1:
                 contexts = contexts * len(questions)
             if len(questions) != len(contexts):
-                from lmforge.errors import DataError
-
                 raise DataError(f"{len(questions)} questions but {len(contexts)} contexts",
                                 "pass one context per question, or a single context for all")
         examples = [{"id": str(i), "question": q, "context": c, "answers": []}
@@ -302,8 +292,6 @@ def _occurrences(text: str, part: str):
 
 
 def max_answer_tokens(context: str) -> int:
-    from lmforge.eval.generation import is_cjk_text
-
     return MAX_ANSWER_TOKENS_CJK if is_cjk_text(context) else MAX_ANSWER_TOKENS
 
 

@@ -24,8 +24,14 @@ from abc import abstractmethod
 from dataclasses import replace
 
 from lmforge.errors import ConfigError
+from lmforge.eval.generation import bleu, rouge
+from lmforge.infer.generate import generate
+from lmforge.infer.sampling import SamplingParams
+from lmforge.infer.seq2seq import generate_seq2seq
+from lmforge.parallel import unwrap
 from lmforge.tasks.base import LengthGroupedLoader, Task, to_device
 from lmforge.train.objectives import IGNORE_INDEX, token_cross_entropy_sum
+
 
 EVAL_GENERATE_LIMIT = 200
 _SAMPLES = 5  # generated examples kept in the evaluation figures for a reader to look at
@@ -112,8 +118,6 @@ class Seq2SeqTask(Task):
         # Label smoothing shapes training only: validation loss stays the plain per-token loss.
         smoothing = self.settings.method.label_smoothing if model.training else 0.0
         if "decoder_input_ids" in batch:
-            from lmforge.train.distributed import unwrap
-
             start = unwrap(model).backbone.config.decoder_start_token_id
             decoder_input_ids = batch["decoder_input_ids"]
             if start is not None and int(decoder_input_ids[0, 0]) != start:
@@ -139,16 +143,11 @@ class Seq2SeqTask(Task):
             rows = order[start:start + batch_size]
             chunk = [features[i] for i in rows]
             if self.family == "t5":
-                from lmforge.infer.seq2seq import generate_seq2seq
-
                 batch = to_device(self.collate(chunk), model)
                 ids = generate_seq2seq(backbone, batch["input_ids"], decode.max_new_tokens,
                                        attention_mask=batch["attention_mask"], eos_id=self.tokenizer.eos_id,
                                        num_beams=decode.num_beams, length_penalty=decode.length_penalty)
             else:
-                from lmforge.infer.generate import generate
-                from lmforge.infer.sampling import SamplingParams
-
                 params = SamplingParams(temperature=decode.temperature, top_k=decode.top_k,
                                         top_p=decode.top_p or 1.0, repetition_penalty=decode.repetition_penalty,
                                         max_new_tokens=decode.max_new_tokens, seed=decode.seed + start)
@@ -219,8 +218,6 @@ class TranslationTask(Seq2SeqTask):
     main_metric = "bleu"
 
     def score(self, predictions, references):
-        from lmforge.eval.generation import bleu
-
         s = bleu(predictions, references, lang=self.metric_lang())
         return {"bleu": s["bleu"], "chrf": s["chrf"], "brevity_penalty": s["brevity_penalty"],
                 "hyp_len": s["hyp_len"], "ref_len": s["ref_len"], "bleu_signature": s["bleu_signature"]}
@@ -231,7 +228,5 @@ class SummarizationTask(Seq2SeqTask):
     main_metric = "rougeL"
 
     def score(self, predictions, references):
-        from lmforge.eval.generation import rouge
-
         lang = self.metric_lang()
         return rouge(predictions, references, lang="zh" if lang == "zh" else "auto")

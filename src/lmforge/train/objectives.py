@@ -15,6 +15,12 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
+from lmforge.data.collate import (PretrainingLoader, Seq2SeqLoader, SpanCorruptionLoader, collate_seq2seq,
+                                  iter_pretraining_eval_batches, iter_span_corruption_eval_batches, shift_right)
+from lmforge.data.loaders import LMWindowLoader, iter_eval_batches
+from lmforge.errors import ConfigError
+from lmforge.parallel import unwrap
+
 IGNORE_INDEX = -100
 
 
@@ -80,8 +86,6 @@ class CausalLM(Objective):
         return {"lm": (batch["labels"] != IGNORE_INDEX).sum()}
 
     def __call__(self, model, batch):
-        from lmforge.train.distributed import unwrap
-
         kwargs = {"attention_mask": batch["attention_mask"]} if "attention_mask" in batch else {}
         if getattr(unwrap(model), "sums_loss_from_labels", False):
             # The model sums the loss itself a chunk of positions at a time, never holding every logit.
@@ -89,13 +93,9 @@ class CausalLM(Objective):
         return {"lm": token_cross_entropy_sum(model(batch["input_ids"], **kwargs), batch["labels"])}
 
     def make_loader(self, tokens, seq_len, batch_size, *, tokenizer=None, seed, rank=0, world_size=1):
-        from lmforge.data.loaders import LMWindowLoader
-
         return LMWindowLoader(tokens, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size)
 
     def eval_batches(self, tokens, seq_len, batch_size, *, tokenizer=None, max_batches):
-        from lmforge.data.loaders import iter_eval_batches
-
         for x, y in iter_eval_batches(tokens, seq_len, batch_size, max_batches=max_batches):
             yield {"input_ids": x, "labels": y}
 
@@ -130,8 +130,6 @@ class MaskedLM(Objective):
         return counts
 
     def __call__(self, model, batch):
-        from lmforge.train.distributed import unwrap
-
         hidden = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
                        attention_mask=batch["attention_mask"])  # (B, T, C)
         bert = unwrap(model)
@@ -145,15 +143,11 @@ class MaskedLM(Objective):
         return terms
 
     def make_loader(self, tokens, seq_len, batch_size, *, tokenizer, seed, rank=0, world_size=1):
-        from lmforge.data.collate import PretrainingLoader
-
         return PretrainingLoader(tokens, seq_len, batch_size, tokenizer=tokenizer, pairs=self.pair_task,
                                  mask_prob=self.mask_prob, whole_word=self.whole_word, seed=seed, rank=rank,
                                  world_size=world_size)
 
     def eval_batches(self, tokens, seq_len, batch_size, *, tokenizer, max_batches):
-        from lmforge.data.collate import iter_pretraining_eval_batches
-
         return iter_pretraining_eval_batches(tokens, seq_len, batch_size, tokenizer=tokenizer, pairs=self.pair_task,
                                              mask_prob=self.mask_prob, whole_word=self.whole_word,
                                              max_batches=max_batches)
@@ -190,32 +184,23 @@ class Seq2Seq(Objective):
     def __call__(self, model, batch):
         decoder_input_ids = batch.get("decoder_input_ids")
         if decoder_input_ids is None:
-            from lmforge.data.collate import shift_right
-            from lmforge.train.distributed import unwrap
-
             cfg = unwrap(model).config
             decoder_input_ids = shift_right(batch["labels"], cfg.decoder_start_token_id, cfg.pad_token_id)
         logits = model(batch["input_ids"], batch.get("attention_mask"), decoder_input_ids)
         return {"lm": token_cross_entropy_sum(logits, batch["labels"])}
 
     def _pairs(self, data):
-        from lmforge.errors import ConfigError
-
         if hasattr(data, "dtype"):  # a flat token stream: there is no target to predict
             raise ConfigError(f"the {self.name} objective trains on (source, target) pairs, not raw text",
                               "pretrain on raw text with --objective span-corruption, or fine-tune on a paired task")
         return data
 
     def make_loader(self, tokens, seq_len, batch_size, *, tokenizer, seed, rank=0, world_size=1):
-        from lmforge.data.collate import Seq2SeqLoader
-
         return Seq2SeqLoader(self._pairs(tokens), batch_size, pad_id=tokenizer.pad_id,
                              decoder_start_id=tokenizer.pad_id, max_source_length=seq_len, max_target_length=seq_len,
                              seed=seed, rank=rank, world_size=world_size)
 
     def eval_batches(self, tokens, seq_len, batch_size, *, tokenizer, max_batches):
-        from lmforge.data.collate import collate_seq2seq
-
         pairs = self._pairs(tokens)
         n = len(pairs) if max_batches is None else min(len(pairs), max_batches * batch_size)
         for i in range(0, n, batch_size):
@@ -237,15 +222,11 @@ class SpanCorruption(Seq2Seq):
         self.noise_density, self.mean_span_length = noise_density, mean_span_length
 
     def make_loader(self, tokens, seq_len, batch_size, *, tokenizer, seed, rank=0, world_size=1):
-        from lmforge.data.collate import SpanCorruptionLoader
-
         return SpanCorruptionLoader(tokens, seq_len, batch_size, tokenizer=tokenizer,
                                     noise_density=self.noise_density, mean_span_length=self.mean_span_length,
                                     seed=seed, rank=rank, world_size=world_size)
 
     def eval_batches(self, tokens, seq_len, batch_size, *, tokenizer, max_batches):
-        from lmforge.data.collate import iter_span_corruption_eval_batches
-
         return iter_span_corruption_eval_batches(tokens, seq_len, batch_size, tokenizer=tokenizer,
                                                  noise_density=self.noise_density,
                                                  mean_span_length=self.mean_span_length, max_batches=max_batches)
@@ -276,8 +257,6 @@ DEFAULT_OBJECTIVE = {"gpt": "clm", "rnn": "clm", "bert": "mlm", "ngram": "clm", 
 
 def build_objective(name: str | None, family: str, **kwargs) -> Objective:
     """The objective `name` (None: the family's default), checked against the model family."""
-    from lmforge.errors import ConfigError
-
     name = name or DEFAULT_OBJECTIVE.get(family)
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}", f"choose one of {', '.join(sorted(OBJECTIVES))}")

@@ -18,13 +18,15 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from lmforge.atomic import atomic_path
 from lmforge.config import TrainConfig
 from lmforge.errors import TrainingError
+from lmforge.parallel import DistInfo, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_ddp, unwrap
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.distributed import DistInfo, all_reduce_sum, apply_ddp, unwrap
 from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
 from lmforge.train.precision import autocast, grad_scaler, resolve_precision
+
 
 
 @dataclass
@@ -68,8 +70,6 @@ class Trainer:
         self.stop_reason = ""
 
     def _wrap(self, model: nn.Module) -> nn.Module:
-        from lmforge.train.distributed import apply_activation_checkpointing, apply_compile
-
         if self.cfg.activation_checkpointing:
             apply_activation_checkpointing(model)
         if self.cfg.compile:
@@ -298,7 +298,6 @@ def plot_losses(run_dir: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lmforge.atomic import atomic_path
 
     records = read_metrics(run_dir)
     train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]

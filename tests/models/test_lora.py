@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models.registry import build_model
-from lmforge.train.peft import (LoRALinear, apply_lora, count_trainable, load_lora_state_dict, lora_config,
+from lmforge.models.lora import (LoRALinear, apply_lora, count_trainable, load_lora_state_dict, lora_config,
                                 lora_state_dict, merge_lora, remove_lora, unmerge_lora)
 
 PRESETS = ("debug", "bert-debug", "t5-debug")
