@@ -21,5 +21,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/lmforge demo
 
+# The import contracts (.importlinter) first: a broken layer fails in seconds, before the suite runs.
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest tests

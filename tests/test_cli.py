@@ -200,3 +200,32 @@ def test_pretrain_init_from_a_missing_folder(corpus, tmp_path):
     assert_user_error(lmforge("pretrain", "--data", corpus / "corpus.txt", "--init_from", tmp_path / "nope",
                               "--out", tmp_path / "r"), "nope")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_model_shape_is_reported_before_any_data_work(corpus, tmp_path):
+    # 7 heads cannot split a width of 64: known from the recipe alone, so no progress bar, no data written.
+    r = lmforge("pretrain", "--data", corpus / "corpus.txt", "--model", "debug", "--model.n_head", "7",
+                "--model.n_embd", "64", "--out", tmp_path / "run")
+    assert_user_error(r, "n_head")
+    assert "%" not in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_bad_finetune_start_is_reported_before_any_data_work(tmp_path):
+    # The training file does not even need to be read to know the preset cannot take these sizes.
+    train = tmp_path / "train.tsv"
+    train.write_text("good\tpos\nbad\tneg\n" * 20)
+    r = lmforge("finetune", "--task", "classify", "--data", train, "--model", "debug", "--model.n_head", "7",
+                "--model.n_embd", "64", "--out", tmp_path / "run")
+    assert_user_error(r, "n_head")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("verb", ["prepare", "pretrain", "finetune", "demo"])
+def test_out_that_is_a_file_fails_up_front(verb, corpus, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    data = {"prepare": ["--data", corpus / "corpus.txt"], "pretrain": ["--data", corpus / "corpus.txt"],
+            "finetune": ["--task", "classify", "--data", corpus / "corpus.txt"], "demo": []}[verb]
+    assert_user_error(lmforge(verb, *data, "--out", taken), f"--out {taken} is a file")
+    assert_user_error(lmforge(verb, *data, "--out", taken / "inside"), "which is a file")
+    assert taken.read_text() == "keep me"

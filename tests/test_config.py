@@ -28,8 +28,8 @@ def test_every_recipe_parses_and_names_a_real_preset(recipe):
 
 @pytest.mark.parametrize("recipe", FINETUNE_RECIPES, ids=lambda p: p.name)
 def test_every_finetune_recipe_parses_and_starts_from_something_real(recipe):
-    from lmforge.config import TASKS
-    from lmforge.tasks.finetune import resolve_model_path, task_class
+    from lmforge.runs.rundir import resolve_model_path
+    from lmforge.tasks import TASKS, task_class
 
     import yaml
 

@@ -20,7 +20,7 @@ from lmforge.config import TrainConfig
 from lmforge.infer.engine import Engine
 from lmforge.infer.generate import generate
 from lmforge.infer.sampling import SamplingParams
-from lmforge.models.layers import naive_attention
+from lmforge.models.common.attention import naive_attention
 from lmforge.models.registry import build_model
 from lmforge.parallel import DistInfo
 from lmforge.train.trainer import Trainer

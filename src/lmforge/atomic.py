@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from safetensors.torch import save_file
 
 
 @contextmanager
@@ -44,8 +47,6 @@ def write_bytes_atomic(path: str | Path, data) -> Path:
 
 
 def save_safetensors_atomic(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
@@ -54,8 +55,6 @@ def save_safetensors_atomic(tensors: dict, path: str | Path, metadata: dict[str,
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield an empty folder beside `path` to fill; on success it replaces whatever is at `path`,
     on error it is deleted, so `path` never holds a partial result."""
-    import shutil
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
@@ -99,7 +98,5 @@ class RunDirectory:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None and self.created and not self._started and self.owner:
-            import shutil
-
             shutil.rmtree(self.path, ignore_errors=True)
         return False

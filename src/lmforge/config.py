@@ -142,7 +142,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- fine-tuning
-TASKS = ("classify", "ner", "qa", "translate", "summarize", "chat")
 METHODS = ("full", "lora", "frozen")
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from lmforge.data import shards
 from lmforge.data.shards import (
+    PrepareOptions,
     load_dataset_meta,
     open_split,
     open_tokens,
@@ -93,6 +94,17 @@ def test_prepare_end_to_end(tmp_path):
     tok = Tokenizer.load(out)
     assert tok.vocab_size == meta["vocab_size"] == len(set(text)) + 2
     assert tok.decode(open_split(out, "train")) + tok.decode(open_split(out, "val")) == text
+
+
+def test_prepare_with_an_options_object(tmp_path):
+    src = tmp_path / "verse.txt"
+    src.write_text(VERSE * 30, encoding="utf-8")
+    options = PrepareOptions(tokenizer="char", progress=False)
+    by_options = prepare_dataset(str(src), tmp_path / "a", options)
+    by_keywords = prepare_dataset(str(src), tmp_path / "b", tokenizer="char", progress=False)
+    assert by_options == by_keywords
+    overridden = prepare_dataset(str(src), tmp_path / "c", options, val_fraction=0.2)
+    assert overridden["val_fraction"] == 0.2 and overridden["val_chars"] > by_options["val_chars"]
 
 
 def test_prepare_many_documents_bpe(tmp_path):

@@ -450,7 +450,7 @@ def test_failed_conversion_leaves_no_destination(tmp_path, run_dir, monkeypatch)
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("lmforge.interop.hf.write_hf_tokenizer", broken)
+    monkeypatch.setattr("lmforge.interop.convert.write_hf_tokenizer", broken)
     with pytest.raises(OSError):
         convert(run_dir, tmp_path / "hf", to="hf")
     monkeypatch.setattr(Tokenizer, "save", broken)

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.models.layers import SelfAttention, causal_mask, naive_attention
+from lmforge.models.common.attention import (SelfAttention, attend, causal_mask, naive_attend, naive_attention,
+                                             use_naive_attention)
 from lmforge.models.registry import build_model
 
 ATOL = 1e-5
@@ -63,8 +64,8 @@ def test_self_attention_module_sdpa_vs_naive(n_kv_head, with_mask):
         mask = causal_mask(10, 10, x.device, padding)
     with torch.no_grad():
         fast = attn(x, mask=mask)
-        attn.use_naive = True
-        slow = attn(x, mask=mask)
+        with use_naive_attention(attn):
+            slow = attn(x, mask=mask)
     torch.testing.assert_close(fast, slow, atol=ATOL, rtol=0)
 
 
@@ -85,13 +86,29 @@ def test_gqa_uses_the_right_kv_head():
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
 
 
-def _set_naive(model, flag):
-    n = 0
-    for m in model.modules():
-        if isinstance(m, SelfAttention):
-            m.use_naive = flag
-            n += 1
-    assert n == model.config.n_layer
+def _attention_fns(model):
+    return [m.attention_fn for m in model.modules() if isinstance(m, SelfAttention)]
+
+
+def test_naive_attention_is_switched_on_for_the_block_only():
+    model = build_model("debug")
+    with use_naive_attention(model) as same:
+        assert same is model
+        assert _attention_fns(model) == [naive_attend] * model.config.n_layer
+    assert _attention_fns(model) == [attend] * model.config.n_layer
+    with pytest.raises(RuntimeError), use_naive_attention(model):
+        raise RuntimeError("the fast path comes back on an error too")
+    assert _attention_fns(model) == [attend] * model.config.n_layer
+
+
+def test_attention_fn_is_a_constructor_argument():
+    torch.manual_seed(0)
+    fast = SelfAttention(32, 4, 2, bias=False, dropout=0.0).eval()
+    slow = SelfAttention(32, 4, 2, bias=False, dropout=0.0, attention_fn=naive_attend).eval()
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 6, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), slow(x), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("preset", ["debug", "llama-debug"])
@@ -108,13 +125,13 @@ def test_whole_model_naive_equals_sdpa(preset):
         model(ids[:, :20], kv_cache=cache)
         cache.advance(20)
         fast_cached = model(ids[:, 20:], kv_cache=cache)  # T=4 new tokens over 24 keys
-        _set_naive(model, True)
-        slow = model(ids)
-        slow_masked = model(ids, attention_mask=padding)
-        cache = model.new_kv_cache(2, 32)
-        model(ids[:, :20], kv_cache=cache)
-        cache.advance(20)
-        slow_cached = model(ids[:, 20:], kv_cache=cache)
+        with use_naive_attention(model):
+            slow = model(ids)
+            slow_masked = model(ids, attention_mask=padding)
+            cache = model.new_kv_cache(2, 32)
+            model(ids[:, :20], kv_cache=cache)
+            cache.advance(20)
+            slow_cached = model(ids[:, 20:], kv_cache=cache)
     torch.testing.assert_close(fast, slow, atol=ATOL, rtol=0)
     torch.testing.assert_close(fast_masked, slow_masked, atol=ATOL, rtol=0)
     torch.testing.assert_close(fast_cached, slow_cached, atol=ATOL, rtol=0)

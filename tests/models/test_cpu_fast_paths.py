@@ -3,11 +3,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lmforge.models.layers as layers
+import lmforge.models.common.attention as attention
+import lmforge.models.common.loss as loss
 from lmforge.config import TrainConfig
+from lmforge.models.common.attention import materialized_attention
+from lmforge.models.common.loss import linear_cross_entropy_sum
+from lmforge.models.common.positions import apply_rope, rope_cos_sin, rope_heads_last
 from lmforge.models.gpt import GPT, GPTConfig
-from lmforge.models.layers import apply_rope, linear_cross_entropy_sum, materialized_attention, rope_cos_sin, \
-    rope_heads_last
 from lmforge.train.objectives import token_cross_entropy_sum
 from lmforge.train.trainer import Trainer
 
@@ -47,12 +49,12 @@ def test_materialized_attention_matches_sdpa(case):
 def test_attend_uses_materialized_path_only_for_small_bf16_cpu_scores(monkeypatch):
     q, k, v = _qkv()
     calls = []
-    monkeypatch.setattr(layers, "materialized_attention", lambda *a, **kw: calls.append(1) or a[0])
-    layers.attend(q, k, v, mask=None, is_causal=True, dropout=0.0, scale=None, naive=False)
+    monkeypatch.setattr(attention, "materialized_attention", lambda *a, **kw: calls.append(1) or a[0])
+    attention.attend(q, k, v, mask=None, is_causal=True, dropout=0.0, scale=None)
     assert calls == [1]
-    layers.attend(q.float(), k.float(), v.float(), mask=None, is_causal=True, dropout=0.0, scale=None, naive=False)
-    monkeypatch.setattr(layers, "MATERIALIZE_MAX_SCORES", 10)
-    layers.attend(q, k, v, mask=None, is_causal=True, dropout=0.0, scale=None, naive=False)
+    attention.attend(q.float(), k.float(), v.float(), mask=None, is_causal=True, dropout=0.0, scale=None)
+    monkeypatch.setattr(attention, "MATERIALIZE_MAX_SCORES", 10)
+    attention.attend(q, k, v, mask=None, is_causal=True, dropout=0.0, scale=None)
     assert calls == [1]
 
 
@@ -60,9 +62,9 @@ def test_attend_materializes_bf16_decode_steps_of_a_batch_only(monkeypatch):
     q, k, v = _qkv(B=2, T=9)
     one_token = q[:, :, -1:]
     calls = []
-    monkeypatch.setattr(layers, "materialized_attention", lambda *a, **kw: calls.append(a[0].shape[0]) or a[0])
-    layers.attend(one_token, k, v, mask=None, is_causal=False, dropout=0.0, scale=None, naive=False)
-    layers.attend(one_token[:1], k[:1], v[:1], mask=None, is_causal=False, dropout=0.0, scale=None, naive=False)
+    monkeypatch.setattr(attention, "materialized_attention", lambda *a, **kw: calls.append(a[0].shape[0]) or a[0])
+    attention.attend(one_token, k, v, mask=None, is_causal=False, dropout=0.0, scale=None)
+    attention.attend(one_token[:1], k[:1], v[:1], mask=None, is_causal=False, dropout=0.0, scale=None)
     assert calls == [2]  # two rows: materialized; a single row: SDPA's fused kernel
 
 
@@ -88,9 +90,9 @@ def test_rope_heads_last_matches_apply_rope():
 @pytest.mark.parametrize("ignored", [True, False])
 @pytest.mark.parametrize("keep_logit_grads", [True, False])
 def test_linear_cross_entropy_sum_matches_cross_entropy(monkeypatch, chunk, precision, ignored, keep_logit_grads):
-    monkeypatch.setattr(layers, "CROSS_ENTROPY_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(loss, "CROSS_ENTROPY_CHUNK_ELEMENTS", chunk)
     if not keep_logit_grads:
-        monkeypatch.setattr(layers, "CROSS_ENTROPY_GRAD_BUFFER_BYTES", 0)
+        monkeypatch.setattr(loss, "CROSS_ENTROPY_GRAD_BUFFER_BYTES", 0)
     g = torch.Generator().manual_seed(0)
     h = torch.randn(24, 16, generator=g).requires_grad_()
     w = (torch.randn(11, 16, generator=g) * 0.5).requires_grad_()

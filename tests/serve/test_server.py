@@ -8,9 +8,12 @@ import time
 import httpx
 import openai
 import pytest
+import torch
 
 import lmforge.api as lf
+from lmforge.cli import _task_models, build_parser, normalize_argv
 from lmforge.config import StartConfig, TaskDataConfig, TrainConfig
+from lmforge.errors import ConfigError
 from lmforge.infer.chat import TURN_STOP, format_transcript
 from lmforge.serve.app import create_app
 from live_server import LiveServer, make_gpt_run
@@ -294,9 +297,6 @@ def test_classify_task_route(server, classify_run):
 
 
 def test_serve_verb_parses_its_options(tmp_path):
-    from lmforge.cli import _task_models, build_parser, normalize_argv
-    from lmforge.errors import ConfigError
-
     ns = build_parser().parse_args(normalize_argv(["serve", "--model", "runs/x", "--api-key", "a", "--api_key", "b",
                                                    "--task_model", "classify=runs/c", "--max-slots", "4"]))
     args = ns.serve
@@ -307,10 +307,6 @@ def test_serve_verb_parses_its_options(tmp_path):
 
 
 def test_bfloat16_serving_equals_reference_generation_of_the_bfloat16_model(gpt_run):
-    import torch
-
-    from lmforge.errors import ConfigError
-
     model, tokenizer = lf.load(str(gpt_run))
     prompt, n = "The quick brown", 16
     [[expected]] = lf.generate(model.to(torch.bfloat16), [prompt], tokenizer=tokenizer, temperature=0.0,

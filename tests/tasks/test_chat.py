@@ -141,7 +141,7 @@ def run(tmp_path_factory):
 
 
 def test_run_learns_the_replies(run):
-    from lmforge.tasks.finetune import load_task_run
+    from lmforge.runs.rundir import load_task_run
 
     out, summary = run
     assert summary["main_metric"] == "rougeL" and summary["rougeL"] == pytest.approx(1.0)

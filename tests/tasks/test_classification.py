@@ -116,7 +116,7 @@ def test_lora_trains_adapters_and_head_only_and_saves_them_separately(sentiment,
     assert any("lora_" in k for k in adapter) and "head.weight" in adapter
     assert json.loads((run / "adapter.json").read_text())["lora"]["r"] == 4
     # Merged for prediction: the loaded model predicts what the unmerged one would.
-    from lmforge.tasks.finetune import load_task_run
+    from lmforge.runs.rundir import load_task_run
 
     merged, task = load_task_run(run)
     raw = load_model(run)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmforge.config import StartConfig, TaskDataConfig, TrainConfig
-from lmforge.data.task_readers import tags_to_spans
+from lmforge.data.tagging import tags_to_spans
 from lmforge.tasks.base import TaskSettings
 from lmforge.tasks.base import LengthGroupedLoader
 from lmforge.tasks.ner import NERTask, best_valid_tags, repair_tags
@@ -198,7 +198,7 @@ def test_finetune_learns_the_entity_rule(english_run):
 def test_f1_equals_seqeval_on_predictions(english_run):
     from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-    from lmforge.tasks.finetune import load_task_run
+    from lmforge.runs.rundir import load_task_run
 
     run, summary, valid_sentences = english_run
     model, task = load_task_run(run)
@@ -236,7 +236,7 @@ def test_predict_writes_one_line_per_sentence_with_one_valid_tag_per_token(engli
 
 
 def test_truncated_sentences_get_one_tag_per_token(english_run):
-    from lmforge.tasks.finetune import load_task_run
+    from lmforge.runs.rundir import load_task_run
 
     run, _, _ = english_run
     model, task = load_task_run(run)
@@ -301,7 +301,7 @@ def _bmes_sentence(rng: random.Random) -> tuple[list[str], list[str]]:
 
 def test_bmes_round_trip_chinese(tmp_path):
     from lmforge.api import finetune
-    from lmforge.tasks.finetune import load_task_run
+    from lmforge.runs.rundir import load_task_run
 
     rng = random.Random(5)
     sentences = [_bmes_sentence(rng) for _ in range(80)]

@@ -340,7 +340,8 @@ def test_cmrc2018_smoke(tmp_path):
     if not root or not (Path(root) / "cmrc2018" / "cmrc2018_dev.json").is_file():
         pytest.skip("LMFORGE_DATA_DIR is not set or has no cmrc2018/cmrc2018_dev.json")
     from lmforge import api
-    from lmforge.data.task_readers import carve_split, read_examples
+    from lmforge.data.formats import read_examples
+    from lmforge.data.splits import carve_split
 
     summary = api.finetune(
         "qa", data=TaskDataConfig(train="cmrc2018/cmrc2018_dev.json", val_split="hash", val_fraction=0.1,

@@ -184,7 +184,7 @@ def copy_data(tmp_path_factory):
 
 
 def _train(data, preset, out, steps, lr):
-    from lmforge.tasks.finetune import finetune
+    from lmforge.runs.finetune import finetune
 
     train = TrainConfig(max_steps=steps, batch_size=16, lr=lr, warmup_steps=5, weight_decay=0.0, eval_interval=1000,
                         log_interval=10, checkpoint_interval=1000, keep_last=1, progress=False, seed=0, device="cpu")
@@ -238,7 +238,7 @@ def test_metrics_equal_sacrebleu_and_rouge_on_the_predictions(which, request, co
     import sacrebleu
     from rouge_score.rouge_scorer import RougeScorer
 
-    from lmforge.tasks.finetune import load_task_run
+    from lmforge.runs.rundir import load_task_run
 
     run_dir, summary = request.getfixturevalue(which)
     model, task = load_task_run(run_dir)
@@ -277,7 +277,7 @@ def _log_likelihood(model, task, example, ids, max_new):
 
 
 def test_beam_search_is_at_least_as_likely_as_greedy(t5_run, copy_data):
-    from lmforge.tasks.finetune import load_task_run
+    from lmforge.runs.rundir import load_task_run
 
     model, task = load_task_run(t5_run[0])
     examples = _valid(copy_data)[:12]
@@ -291,7 +291,7 @@ def test_beam_search_is_at_least_as_likely_as_greedy(t5_run, copy_data):
 
 
 def test_gpt_has_no_beam_search(gpt_run, copy_data):
-    from lmforge.tasks.finetune import load_task_run
+    from lmforge.runs.rundir import load_task_run
 
     model, task = load_task_run(gpt_run[0])
     with pytest.raises(ConfigError):
@@ -300,7 +300,7 @@ def test_gpt_has_no_beam_search(gpt_run, copy_data):
 
 def test_api_predict_writes_outputs_in_order(t5_run, copy_data, tmp_path):
     from lmforge.api import predict
-    from lmforge.tasks.finetune import load_task_run
+    from lmforge.runs.rundir import load_task_run
 
     examples = _valid(copy_data)
     # shuffled so that length-sorted batching inside would show if the order were lost
@@ -337,7 +337,7 @@ DATA_DIR = os.environ.get("LMFORGE_DATA_DIR")
 
 @pytest.mark.skipif(not DATA_DIR, reason="LMFORGE_DATA_DIR is not set (it holds multi30k/)")
 def test_multi30k_smoke(tmp_path):
-    from lmforge.tasks.finetune import finetune
+    from lmforge.runs.finetune import finetune
 
     root = Path(DATA_DIR) / "multi30k"
     if not (root / "train.en").is_file():
@@ -373,11 +373,13 @@ def test_back_translation_augmentation_paraphrases_through_two_translate_runs(gp
     from lmforge.api import pipeline
     from lmforge.config import AugmentConfig
     from lmforge.data.augment import augment_texts
+    from lmforge.runs.predict import back_translator
 
     run_dir = str(gpt_run[0])
     texts = [s for s, _ in _copy_pairs(4, 7)]
     examples = [{"text": t, "label": str(i % 2)} for i, t in enumerate(texts)]
-    out = augment_texts(examples, AugmentConfig(copies=1, back_translation=run_dir, back_translation_return=run_dir))
+    cfg = AugmentConfig(copies=1, back_translation=run_dir, back_translation_return=run_dir)
+    out = augment_texts(examples, cfg, back_translator(cfg))
     there = pipeline("translation", model=run_dir)
     expected = there(there(texts))
     assert out[:4] == examples

@@ -38,7 +38,7 @@ def corpus(tmp_path_factory):
 
 
 def test_pretrain_writes_a_complete_run(corpus):
-    from lmforge.data.collate import sentinel_ids
+    from lmforge.data.span_corruption import sentinel_ids
     from lmforge.data.shards import open_split
     from lmforge.data.tokenizers import Tokenizer
     from lmforge.models.registry import load_model

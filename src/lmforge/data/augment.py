@@ -10,6 +10,7 @@ The label is kept; the originals stay in the set, copies follow them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -63,28 +64,21 @@ def augment_text(text: str, cfg: AugmentConfig, rng: np.random.Generator,
     return joiner.join(str(w) for w in words)
 
 
-def augment_texts(examples: list[dict], cfg: AugmentConfig) -> list[dict]:
-    """`examples` followed by `cfg.copies` augmented copies of each (same labels)."""
+def augment_texts(examples: list[dict], cfg: AugmentConfig,
+                  paraphrase: Callable[[list[str]], list[str]] | None = None) -> list[dict]:
+    """`examples` followed by `cfg.copies` augmented copies of each (same labels).
+
+    `paraphrase` (texts -> texts, e.g. back-translation through two translation runs) makes the
+    first copy; later copies add word noise."""
     rng = np.random.default_rng(cfg.seed)
     lexicon = load_lexicon(cfg.synonyms) if cfg.synonyms else None
-    back = _back_translator(cfg) if cfg.back_translation else None
     out = list(examples)
     for copy in range(cfg.copies):
         texts = [e["text"] for e in examples]
-        if back is not None and copy == 0:
-            texts = back(texts)  # the first copy paraphrases; later copies add word noise
+        if paraphrase is not None and copy == 0:
+            texts = paraphrase(texts)
         else:
             texts = [augment_text(t, cfg, rng, lexicon) for t in texts]
         out += [{**e, "text": t} for e, t in zip(examples, texts)]
     return out
 
-
-def _back_translator(cfg: AugmentConfig):
-    if not cfg.back_translation_return:
-        raise DataError("augment.back_translation needs augment.back_translation_return too",
-                        "pass a translate run for each direction (source->pivot and pivot->source)")
-    from lmforge.api import pipeline
-
-    there = pipeline("translation", model=cfg.back_translation)
-    back = pipeline("translation", model=cfg.back_translation_return)
-    return lambda texts: back(there(texts))

@@ -75,6 +75,12 @@ class LMWindowLoader:
         mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         return _windows(self.tokens, mine, self.block_size)
 
+    def row_generators(self) -> list[np.random.Generator]:
+        """One Generator per row this rank builds at the current step: row ``j`` of the global batch
+        draws from ``default_rng([seed, step, j])``, so a batch depends only on ``(seed, step)``."""
+        rows = range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        return [np.random.default_rng([self.seed, self.step, j]) for j in rows]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
             yield self.next_batch()
@@ -94,6 +100,12 @@ class LMWindowLoader:
         if step < 0:
             raise CheckpointError(f"data loader step {step} is negative", "resume from an intact checkpoint")
         self.step, self.seed = step, seed
+
+
+def eval_generators(seed: int, first: int, count: int) -> list[np.random.Generator]:
+    """Generators of validation examples ``first`` to ``first + count - 1``: example ``j`` draws from
+    ``default_rng([seed, j])``, whatever the batch size."""
+    return [np.random.default_rng([seed, first + j]) for j in range(count)]
 
 
 def iter_eval_batches(

@@ -19,16 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from lmforge.atomic import write_bytes_atomic, write_json_atomic
 from lmforge.data.clean import clean_documents
+from lmforge.data.encoding import Encoder, write_split
 from lmforge.data.sources import read_documents
 from lmforge.data.tokenizers import Tokenizer, check_tokenizer_args, train_tokenizer
 from lmforge.errors import ConfigError, DataError
@@ -37,8 +38,6 @@ FORMAT = "lmforge-tokens-v1"
 SPLITS = ("train", "val")
 # Below this many documents a per-document split is too coarse, so the text is cut by characters.
 MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT = 20
-_ENCODE_CHUNK_CHARS = 1 << 14
-_BATCH_CHARS = 1 << 18
 _META_KEYS = ("format", "dtype", "vocab_size", "eos_id", "train_tokens", "val_tokens")
 
 
@@ -152,108 +151,6 @@ def split_documents(docs: Sequence[str], val_fraction: float, seed: int) -> tupl
     return train, val
 
 
-# ----------------------------------------------------------------------------- encoding
-
-# A single space between two non-spaces is a token boundary for every tokenizer kind
-# (byte-level BPE, Metaspace, BERT and per-character pre-tokenizers), so cutting long
-# documents there lets them be encoded in parallel without changing their tokens.
-_SAFE_CUT = re.compile(r"(?<=\S) (?=\S)")
-
-
-def _chunks(text: str) -> Iterator[str]:
-    start = 0
-    while len(text) - start > _ENCODE_CHUNK_CHARS:
-        m = _SAFE_CUT.search(text, start + _ENCODE_CHUNK_CHARS)
-        if m is None:
-            break
-        yield text[start : m.start()]
-        start = m.start()
-    yield text[start:]
-
-
-def _batches(pieces: Sequence[str]) -> Iterator[list[tuple[str, bool]]]:
-    """Group (chunk, ends_a_piece) pairs into batches of about ``_BATCH_CHARS`` characters."""
-    batch: list[tuple[str, bool]] = []
-    size = 0
-    for piece in pieces:
-        chunks = list(_chunks(piece))
-        for i, chunk in enumerate(chunks):
-            batch.append((chunk, i == len(chunks) - 1))
-            size += len(chunk)
-            if size >= _BATCH_CHARS:
-                yield batch
-                batch, size = [], 0
-    if batch:
-        yield batch
-
-
-class _Encoder:
-    """Batch encoder; ``num_workers=None`` uses the tokenizer library's own thread pool.
-
-    An explicit worker count turns that pool off for the duration and runs that many
-    Python threads instead (encoding releases the GIL).
-    """
-
-    def __init__(self, tok: Tokenizer, num_workers: int | None):
-        self._encode_batch = getattr(tok.hf, "encode_batch_fast", tok.hf.encode_batch)  # fast: skips offsets
-        self.num_workers = num_workers
-        self._pool: ThreadPoolExecutor | None = None
-        self._saved_env: str | None = None
-
-    def __enter__(self) -> "_Encoder":
-        if self.num_workers is not None:
-            self._saved_env = os.environ.get("TOKENIZERS_PARALLELISM")
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
-            if self.num_workers > 1:
-                self._pool = ThreadPoolExecutor(self.num_workers)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-        if self.num_workers is not None:
-            if self._saved_env is None:
-                os.environ.pop("TOKENIZERS_PARALLELISM", None)
-            else:
-                os.environ["TOKENIZERS_PARALLELISM"] = self._saved_env
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._encode_batch(texts, add_special_tokens=False)]
-
-    def __call__(self, texts: list[str]) -> list[list[int]]:
-        if self._pool is None:
-            return self._encode(texts)
-        step = -(-len(texts) // self.num_workers)
-        parts = self._pool.map(self._encode, [texts[i : i + step] for i in range(0, len(texts), step)])
-        return [ids for part in parts for ids in part]
-
-
-def _write_split(path: Path, pieces: Sequence[str], tok: Tokenizer, encode: _Encoder, dtype: np.dtype,
-                 desc: str, progress: bool) -> int:
-    from tqdm.auto import tqdm
-
-    n_tokens = 0
-    eos = np.array([tok.eos_id], dtype=dtype)
-    pieces_left = len(pieces)
-    total_chars = sum(map(len, pieces))
-    with open(path, "wb") as f, tqdm(total=total_chars, desc=desc, unit="char", unit_scale=True,
-                                      disable=not progress) as bar:
-        for batch in _batches(pieces):
-            for (_, ends_piece), ids in zip(batch, encode([text for text, _ in batch])):
-                arr = np.asarray(ids, dtype=dtype)
-                f.write(arr.tobytes())
-                n_tokens += arr.size
-                if ends_piece:
-                    pieces_left -= 1
-                    if pieces_left:
-                        f.write(eos.tobytes())
-                        n_tokens += 1
-            bar.update(sum(len(text) for text, _ in batch))
-        f.flush()
-        os.fsync(f.fileno())
-    return n_tokens
-
-
 # ----------------------------------------------------------------------------- prepare
 
 
@@ -264,92 +161,140 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"output directory {out} already exists", "pass --overwrite or choose another --out")
 
 
-def prepare_dataset(
-    data: str,
-    out: str | os.PathLike,
-    *,
-    tokenizer: str = "bpe",
-    vocab_size: int = 8192,
-    val_fraction: float = 0.1,
-    seed: int = 1337,
-    text_field: str = "text",
-    column: str | None = None,
-    tokenizer_path: str | None = None,
-    overwrite: bool = False,
-    num_workers: int | None = None,
-    progress: bool = True,
-    clean: bool = True,
-    extra_ids: int = 0,
-) -> dict:
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How :func:`prepare_dataset` turns raw text into a dataset folder.
+
+    ``text_field`` and ``column`` pick the text of structured files (see
+    :func:`~lmforge.data.sources.read_documents`); ``clean=False`` keeps the text byte for byte.
+    A ``tokenizer`` of ``vocab_size`` (with ``extra_ids`` T5 sentinels) is trained on the
+    training split, unless ``tokenizer_path`` names one to load. ``num_workers`` sets the
+    encoding threads (default: all cores).
+    """
+
+    tokenizer: str = "bpe"
+    vocab_size: int = 8192
+    val_fraction: float = 0.1
+    seed: int = 1337
+    text_field: str = "text"
+    column: str | None = None
+    tokenizer_path: str | None = None
+    overwrite: bool = False
+    num_workers: int | None = None
+    progress: bool = True
+    clean: bool = True
+    extra_ids: int = 0
+
+
+def prepare_dataset(data: str, out: str | os.PathLike, options: PrepareOptions | None = None, **settings: Any) -> dict:
     """Turn raw text into a tokenized dataset folder ``out``; returns its metadata.
 
     Reads ``data`` (see :func:`~lmforge.data.sources.read_documents`), cleans and
-    de-duplicates it (``clean=False`` keeps the text byte for byte), splits it into
-    train/validation (:func:`split_documents`), trains a ``tokenizer`` of
-    ``vocab_size`` on the training split only - or loads ``tokenizer_path`` - and
-    writes ``train.bin``, ``val.bin``, ``tokenizer.json`` and ``meta.json``.
-    ``num_workers`` sets the encoding threads (default: all cores). ``extra_ids`` gives a trained
-    tokenizer that many T5 sentinel tokens (see :func:`~lmforge.data.tokenizers.train_tokenizer`).
+    de-duplicates it, splits it into train/validation (:func:`split_documents`), trains a
+    tokenizer on the training split only - or loads one - and writes ``train.bin``,
+    ``val.bin``, ``tokenizer.json`` and ``meta.json``. Pass a :class:`PrepareOptions`, or its
+    fields as keywords (``tokenizer="char", vocab_size=...``); keywords given with ``options``
+    replace those fields.
     """
+    options = PrepareOptions(**settings) if options is None else replace(options, **settings)
     out = Path(out).expanduser()
-    if not 0 < val_fraction <= 0.5:
-        raise ConfigError(f"val_fraction must be in (0, 0.5], got {val_fraction}", "pass e.g. --val_fraction 0.1")
-    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1):
-        raise ConfigError(f"num_workers must be a positive integer, got {num_workers!r}", "pass e.g. 4, or leave it unset to use all cores")
-    loaded = Tokenizer.load(tokenizer_path) if tokenizer_path else None
-    if loaded is None:
-        check_tokenizer_args(tokenizer, vocab_size, extra_ids=extra_ids)
-    _check_out(out, overwrite)
+    loaded = _check_request(out, options)
+    docs = _read_documents(data, options)
+    train_pieces, val_pieces = split_documents(docs, options.val_fraction, options.seed)
+    splits = {"train": train_pieces, "val": val_pieces}
+    with _staging_folder(out) as folder:
+        tok = loaded or train_tokenizer(
+            options.tokenizer, train_pieces, options.vocab_size, extra_ids=options.extra_ids
+        )
+        counts = _encode_splits(folder, splits, tok, options)
+        tok.save(folder / "tokenizer.json")
+        meta = _dataset_meta(data, docs, splits, tok, counts, options)
+        write_json_atomic(folder / "meta.json", meta)
+    return meta
 
-    docs = read_documents(data, text_field=text_field, column=column)
-    if clean:
+
+def _check_request(out: Path, options: PrepareOptions) -> Tokenizer | None:
+    """Refuse bad options before any work; returns the tokenizer to load, if one is named."""
+    if not 0 < options.val_fraction <= 0.5:
+        raise ConfigError(
+            f"val_fraction must be in (0, 0.5], got {options.val_fraction}", "pass e.g. --val_fraction 0.1"
+        )
+    workers = options.num_workers
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(
+            f"num_workers must be a positive integer, got {workers!r}", "pass e.g. 4, or leave it unset to use all cores"
+        )
+    loaded = Tokenizer.load(options.tokenizer_path) if options.tokenizer_path else None
+    if loaded is None:
+        check_tokenizer_args(options.tokenizer, options.vocab_size, extra_ids=options.extra_ids)
+    _check_out(out, options.overwrite)
+    return loaded
+
+
+def _read_documents(data: str, options: PrepareOptions) -> list[str]:
+    docs = read_documents(data, text_field=options.text_field, column=options.column)
+    if options.clean:
         docs = clean_documents(docs)
         if not docs:
             raise DataError(f"no text left in {data} after cleaning", "check that the input holds readable text")
-    train_pieces, val_pieces = split_documents(docs, val_fraction, seed)
+    return docs
 
+
+def _encode_splits(
+    folder: Path, splits: dict[str, list[str]], tok: Tokenizer, options: PrepareOptions
+) -> dict[str, int]:
+    """Write ``folder/<split>.bin`` for every split; returns the token count of each."""
+    dtype = token_dtype(tok.vocab_size)
+    counts = {}
+    with Encoder(tok, options.num_workers) as encode:
+        for split, pieces in splits.items():
+            path = folder / f"{split}.bin"
+            counts[split] = write_split(path, pieces, tok, encode, dtype, f"encode {split}", options.progress)
+    if counts["train"] == 0:
+        raise DataError("the training split holds no tokens", "pass more text")
+    if counts["val"] == 0:
+        raise DataError("the validation split holds no tokens", "use a larger val_fraction or more data")
+    return counts
+
+
+def _dataset_meta(data: str, docs: list[str], splits: dict[str, list[str]], tok: Tokenizer, counts: dict[str, int],
+                  options: PrepareOptions) -> dict:
+    train_pieces, val_pieces = splits["train"], splits["val"]
+    return {
+        "format": FORMAT,
+        "dtype": token_dtype(tok.vocab_size).name,
+        "vocab_size": tok.vocab_size,
+        "tokenizer": tok.kind,
+        "eos_id": tok.eos_id,
+        "pad_id": tok.pad_id,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "train_bytes": sum(len(p.encode("utf-8")) for p in train_pieces),
+        "val_bytes": sum(len(p.encode("utf-8")) for p in val_pieces),
+        "train_chars": sum(map(len, train_pieces)),
+        "val_chars": sum(map(len, val_pieces)),
+        "num_documents": len(docs),
+        "split": "documents" if len(docs) >= MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT else "characters",
+        "source": str(data),
+        "val_fraction": options.val_fraction,
+        "seed": options.seed,
+        "clean": options.clean,
+    }
+
+
+@contextmanager
+def _staging_folder(out: Path) -> Iterator[Path]:
+    """A fresh folder beside ``out`` that becomes ``out`` when the block succeeds and vanishes when it fails."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        tok = loaded or train_tokenizer(tokenizer, train_pieces, vocab_size, extra_ids=extra_ids)
-        dtype = token_dtype(tok.vocab_size)
-        counts = {}
-        with _Encoder(tok, num_workers) as encode:
-            for split, pieces in (("train", train_pieces), ("val", val_pieces)):
-                counts[split] = _write_split(tmp / f"{split}.bin", pieces, tok, encode, dtype, f"encode {split}", progress)
-        if counts["train"] == 0:
-            raise DataError("the training split holds no tokens", "pass more text")
-        if counts["val"] == 0:
-            raise DataError("the validation split holds no tokens", "use a larger val_fraction or more data")
-        tok.save(tmp / "tokenizer.json")
-        meta = {
-            "format": FORMAT,
-            "dtype": dtype.name,
-            "vocab_size": tok.vocab_size,
-            "tokenizer": tok.kind,
-            "eos_id": tok.eos_id,
-            "pad_id": tok.pad_id,
-            "train_tokens": counts["train"],
-            "val_tokens": counts["val"],
-            "train_bytes": sum(len(p.encode("utf-8")) for p in train_pieces),
-            "val_bytes": sum(len(p.encode("utf-8")) for p in val_pieces),
-            "train_chars": sum(map(len, train_pieces)),
-            "val_chars": sum(map(len, val_pieces)),
-            "num_documents": len(docs),
-            "split": "documents" if len(docs) >= MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT else "characters",
-            "source": str(data),
-            "val_fraction": val_fraction,
-            "seed": seed,
-            "clean": clean,
-        }
-        write_json_atomic(tmp / "meta.json", meta)
+        yield tmp
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return meta
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

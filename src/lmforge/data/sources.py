@@ -16,16 +16,15 @@ A single file named explicitly with any other extension is read as plain text.
 from __future__ import annotations
 
 import ast
-import csv
 import glob as globlib
 import importlib.util
 import inspect
-import json
 import os
 import sysconfig
 from pathlib import Path
 from typing import Any
 
+from lmforge.data.records import MalformedText, delimited_rows, json_document, jsonl_records, parquet_column
 from lmforge.errors import DataError
 
 BUILTIN_CORPORA: dict[str, str] = {
@@ -167,7 +166,7 @@ def python_docs_corpus() -> list[str]:
     text depends only on the Python version, so it is identical across runs on the
     same interpreter. Repeated docstrings appear once.
     """
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # about 1 MB of text: loaded only for this corpus
 
     docs: list[str] = []
     seen: set[str] = set()
@@ -285,18 +284,14 @@ def _record_text(record: Any, where: str, field: str) -> str:
 
 def _read_jsonl(path: Path, text: str, field: str) -> list[str]:
     docs = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{where}: malformed JSON ({e.msg} at column {e.colno})",
-                "fix or remove that line; each line must hold one JSON object",
-            ) from None
-        docs.append(_record_text(record, where, field))
+    try:
+        for lineno, record in jsonl_records(text):
+            docs.append(_record_text(record, f"{path}:{lineno}", field))
+    except MalformedText as e:
+        raise DataError(
+            f"{path}:{e.line}: malformed JSON ({e.reason} at column {e.column})",
+            "fix or remove that line; each line must hold one JSON object",
+        ) from None
     return docs
 
 
@@ -304,58 +299,39 @@ def _read_json(path: Path, text: str, field: str) -> list[str]:
     if not text.strip():
         return []
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        hint = "; this looks like JSON Lines, rename it to .jsonl" if e.msg == "Extra data" else ""
-        raise DataError(
-            f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})",
-            "fix the file" + hint,
-        ) from None
+        data = json_document(text)
+    except MalformedText as e:
+        hint = "; this looks like JSON Lines, rename it to .jsonl" if e.reason == "Extra data" else ""
+        raise DataError(f"{path}:{e.line}: malformed JSON ({e.reason} at column {e.column})", "fix the file" + hint) from None
     records = data if isinstance(data, list) else [data]
     return [_record_text(r, f"{path} item {i}", field) for i, r in enumerate(records)]
 
 
 def _read_csv(path: Path, text: str, column: str, delimiter: str) -> list[str]:
-    old_limit = csv.field_size_limit()
-    # Documents are often far longer than csv's default 128 KiB field limit.
-    csv.field_size_limit(2**31 - 1)
     try:
-        reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
-        header = next(reader, None)
-        if not header:
-            return []
-        if column not in header:
-            raise DataError(
-                f"{path}: no column {column!r} (columns: {', '.join(map(repr, header))})",
-                "set the text column to one of those columns; the first row must be a header",
-            )
-        index = header.index(column)
-        return [row[index] for row in reader if len(row) > index]
-    except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})", "fix the file") from None
-    finally:
-        csv.field_size_limit(old_limit)
+        rows = [cells for _, cells in delimited_rows(text, delimiter)]
+    except MalformedText as e:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise DataError(f"{path}:{e.line}: malformed {kind} ({e.reason})", "fix the file") from None
+    if not rows or not rows[0]:
+        return []
+    header = rows[0]
+    if column not in header:
+        raise DataError(
+            f"{path}: no column {column!r} (columns: {', '.join(map(repr, header))})",
+            "set the text column to one of those columns; the first row must be a header",
+        )
+    index = header.index(column)
+    return [row[index] for row in rows[1:] if len(row) > index]
 
 
 def _read_parquet(path: Path, column: str) -> list[str]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        names = pq.read_schema(path).names
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path} is not a readable Parquet file ({e})", "re-export it as Parquet or use .jsonl/.csv") from None
-    if column not in names:
-        raise DataError(
-            f"{path}: no column {column!r} (columns: {', '.join(map(repr, names))})",
-            "set the text column to one of those columns",
-        )
-    values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    values = parquet_column(path, column)
     return [_field_value(v, f"{path} row {i}", column) for i, v in enumerate(values)]
 
 
 def _read_hf_dataset(name: str, column: str) -> list[str]:
-    import datasets  # optional dependency, checked by the caller
+    import datasets  # optional and heavy; the caller checked that it is installed
 
     try:
         ds = datasets.load_dataset(name, split="train")

@@ -19,16 +19,17 @@ Round trips (``decode(encode(s))``):
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import sentencepiece as spm
 import tokenizers as hf
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from lmforge.data.text import is_cjk
 from lmforge.errors import ConfigError, DataError
 
 
@@ -46,6 +47,7 @@ _REQUIRED_SPECIALS = {
 }
 _EOS_CANDIDATES = (EOT, "[SEP]", "</s>", "<eos>", "<|end_of_text|>")
 _PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>")
+_UNK_CANDIDATES = ("[UNK]", UNK)
 _BYTE_ALPHABET = 256
 
 
@@ -78,6 +80,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of ids, special tokens included."""
         return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def unk_id(self) -> int | None:
+        """Id of the unknown token; None when every text can be encoded (byte-level BPE)."""
+        return _first_present(self.hf, _UNK_CANDIDATES)
 
     @property
     def special_tokens(self) -> list[str]:
@@ -197,49 +204,52 @@ def train_tokenizer(
     ``vocab_size`` includes them.
     """
     specials = check_tokenizer_args(kind, vocab_size, special_tokens, extra_ids)
-    vocab_size -= extra_ids
     texts = list(texts) if not isinstance(texts, (list, tuple)) else texts
-    if kind == "char":
-        return _add_sentinels(_train_char(texts, specials), extra_ids)
-    if kind == "bpe":
-        tok = hf.Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=list(specials),
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-    elif kind == "wordpiece":
-        tok = hf.Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
-        )
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-        # The trainer numbers its "##x" pieces in hash-map order, which changes from process to process,
-        # and those numbers break ties between equally frequent merges, so the same text could give
-        # different vocabularies (huggingface/tokenizers#1794). Registered up front, in sorted order,
-        # they get the same ids every time; `_plain_wordpiece` then makes them ordinary pieces again.
-        continuing = _continuing_pieces(tok, texts, specials)
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, special_tokens=[*specials, *continuing], continuing_subword_prefix="##",
-            show_progress=False,
-        )
-    else:
-        return _add_sentinels(Tokenizer(_train_unigram(texts, vocab_size, specials), kind), extra_ids)
+    trained = _TRAINERS[kind](texts, vocab_size - extra_ids, specials)
+    return _add_sentinels(Tokenizer(trained, kind), extra_ids)
+
+
+def _train_bpe(texts: Sequence[str], vocab_size: int, specials: Sequence[str]) -> hf.Tokenizer:
+    """Byte-level BPE, as GPT-2's: every byte is in the alphabet, so any text encodes."""
+    tok = hf.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    if kind == "wordpiece":
-        tok = _plain_wordpiece(tok, specials)
-        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        # Lets BERT-style models encode single texts and sentence pairs with [CLS]/[SEP].
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]",
-            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-        )
-    return _add_sentinels(Tokenizer(tok, kind), extra_ids)
+    return tok
+
+
+def _train_wordpiece(texts: Sequence[str], vocab_size: int, specials: Sequence[str]) -> hf.Tokenizer:
+    """BERT's WordPiece (cased), with the [CLS]/[SEP] templates of single texts and sentence pairs."""
+    tok = hf.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    # The trainer numbers its "##x" pieces in hash-map order, which changes from process to process,
+    # and those numbers break ties between equally frequent merges, so the same text could give
+    # different vocabularies (huggingface/tokenizers#1794). Registered up front, in sorted order,
+    # they get the same ids every time; `_plain_wordpiece` then makes them ordinary pieces again.
+    continuing = _continuing_pieces(tok, texts, specials)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=[*specials, *continuing], continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok = _plain_wordpiece(tok, specials)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return tok
 
 
 def _train_unigram(texts: Sequence[str], vocab_size: int, specials: Sequence[str]) -> hf.Tokenizer:
@@ -251,10 +261,6 @@ def _train_unigram(texts: Sequence[str], vocab_size: int, specials: Sequence[str
     normalization), words split at spaces and marked with "▁", every character kept, as the Metaspace
     pre-tokenizer used to encode does. The special tokens take the first ids.
     """
-    import io
-
-    import sentencepiece as spm
-
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise DataError("no text to train the unigram tokenizer on", "pass a non-empty corpus")
@@ -305,60 +311,6 @@ def _plain_wordpiece(trained: hf.Tokenizer, specials: Sequence[str]) -> hf.Token
     return tok
 
 
-def unknown_characters(tokenizer: Tokenizer, texts: Iterable[str], min_count: int = 1) -> list[str]:
-    """Characters of ``texts`` that ``tokenizer`` can only encode as its unknown token, seen at least
-    ``min_count`` times, most frequent first (ties by code point), in the tokenizer's normalized form.
-
-    A pretrained English vocabulary meeting Chinese text is the usual case: BERT's uncased WordPiece
-    knows a few hundred CJK characters, so most of a Chinese passage becomes ``[UNK]``.
-    """
-    from collections import Counter
-
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(text)
-    unk = _first_present(tokenizer.hf, ("[UNK]", UNK))
-    if unk is None:  # byte-level BPE: every character has bytes to fall back on
-        return []
-    normalizer = tokenizer.hf.normalizer
-    merged: Counter[str] = Counter()
-    for ch, n in counts.items():
-        if ch.isspace():
-            continue
-        # BERT's normalizer pads CJK characters with spaces so that they split off as words.
-        norm = normalizer.normalize_str(ch).strip() if normalizer is not None else ch
-        if len(norm) == 1:
-            merged[norm] += n
-    candidates = [ch for ch, n in merged.items() if n >= min_count]
-    encoded = tokenizer.hf.encode_batch(candidates, add_special_tokens=False)
-    unknown = [ch for ch, e in zip(candidates, encoded) if e.ids == [unk]]
-    return sorted(unknown, key=lambda ch: (-merged[ch], ord(ch)))
-
-
-def add_characters(tokenizer: Tokenizer, chars: Sequence[str]) -> Tokenizer:
-    """A copy of ``tokenizer`` whose vocabulary also holds ``chars``, with ids from ``vocab_size`` on.
-
-    WordPiece gets each character as a word and, unless it is a CJK character (which BERT's
-    normalizer always splits off on its own), as a word-continuing ``##`` piece too, so that words
-    containing it encode as well. Character tokenizers get it as a token. Everything else about the
-    tokenizer (normalizer, pre-tokenizer, special tokens, templates) is unchanged.
-    """
-    spec = json.loads(tokenizer.hf.to_str())
-    model = spec["model"]
-    if model.get("type") not in ("WordPiece", "WordLevel") or not isinstance(model.get("vocab"), dict):
-        raise ConfigError(f"cannot add characters to a {model.get('type')} tokenizer",
-                          "extend the vocabulary of WordPiece (BERT) or character tokenizers only")
-    vocab: dict[str, int] = model["vocab"]
-    prefix = model.get("continuing_subword_prefix") if model["type"] == "WordPiece" else None
-    next_id = tokenizer.vocab_size
-    for ch in chars:
-        for piece in (ch, None if prefix is None or is_cjk(ch) else prefix + ch):
-            if piece is not None and piece not in vocab:
-                vocab[piece] = next_id
-                next_id += 1
-    return Tokenizer(hf.Tokenizer.from_str(json.dumps(spec)), tokenizer.kind)
-
-
 def sentinel_token(i: int) -> str:
     """The name of T5's i-th span-corruption sentinel."""
     return f"<extra_id_{i}>"
@@ -370,7 +322,8 @@ def _add_sentinels(tok: Tokenizer, n: int) -> Tokenizer:
     return tok
 
 
-def _train_char(texts: Sequence[str], specials: Sequence[str]) -> Tokenizer:
+def _train_char(texts: Sequence[str], vocab_size: int, specials: Sequence[str]) -> hf.Tokenizer:
+    """One token per distinct character of ``texts`` (``vocab_size`` has no say)."""
     chars: set[str] = set()
     for t in texts:
         chars.update(t)
@@ -382,17 +335,20 @@ def _train_char(texts: Sequence[str], specials: Sequence[str]) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(list(specials))
-    return Tokenizer(tok, "char")
+    return tok
+
+
+_TRAINERS = {"bpe": _train_bpe, "wordpiece": _train_wordpiece, "unigram": _train_unigram, "char": _train_char}
+
+
+# The kind of a loaded tokenizer, by its model type; WordLevel models are per-character when they split every character.
+_KIND_OF_MODEL = {"BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram"}
 
 
 def _detect_kind(tok: hf.Tokenizer) -> str:
     model = type(tok.model).__name__
-    if model == "BPE":
-        return "bpe"
-    if model == "WordPiece":
-        return "wordpiece"
-    if model == "Unigram":
-        return "unigram"
+    if model in _KIND_OF_MODEL:
+        return _KIND_OF_MODEL[model]
     if model == "WordLevel":
         pre = json.loads(tok.to_str()).get("pre_tokenizer") or {}
         if pre.get("type") == "Split":

@@ -23,7 +23,6 @@ from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.models.registry import load_model
 
 
-
 def evaluate_perplexity(model: nn.Module, tokens, *, block_size: int | None = None, stride: int | None = None,
                         batch_size: int = 8, num_bytes: int | None = None) -> dict:
     """Score `tokens` (1-D LongTensor, numpy array or memmap) with `model`.
@@ -31,6 +30,24 @@ def evaluate_perplexity(model: nn.Module, tokens, *, block_size: int | None = No
     Returns {"loss": mean nats per scored token, "perplexity": exp(loss),
     "bits_per_byte": total nats / ln 2 / num_bytes (None without num_bytes), "tokens": tokens scored}.
     """
+    n, block_size, stride = _checked_settings(model, tokens, block_size, stride, batch_size, num_bytes)
+    loss_sum, scored = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in _equal_length_batches(_windows(n, block_size, stride), batch_size):
+                for window_nll, window_tokens in _score_windows(model, tokens, batch):
+                    loss_sum += window_nll
+                    scored += window_tokens
+    finally:
+        model.train(was_training)
+    return _summary(loss_sum, scored, num_bytes)
+
+
+def _checked_settings(model: nn.Module, tokens, block_size: int | None, stride: int | None, batch_size: int,
+                      num_bytes: int | None) -> tuple[int, int, int]:
+    """(number of tokens, window length, stride), the last two defaulted; raises on unusable input."""
     if hasattr(model, "encode") and hasattr(model, "decode"):
         raise ConfigError(f"{model.family} models do not predict the next token of a text, so have no perplexity",
                           "compare them by their objective's validation loss (val_loss in summary.json)")
@@ -52,46 +69,49 @@ def evaluate_perplexity(model: nn.Module, tokens, *, block_size: int | None = No
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}", "pass e.g. --batch_size 8")
     if num_bytes is not None and num_bytes <= 0:
         raise DataError(f"num_bytes must be positive, got {num_bytes}", "pass the UTF-8 size of the evaluated text")
+    return n, block_size, stride
 
-    # (begin, end, first scored position): the window reads tokens[begin:end-1] and predicts
-    # tokens[begin+1:end]; positions before `first` were already scored by an earlier window.
+
+def _windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window over `n` tokens: the window reads
+    tokens[begin:end-1] and predicts tokens[begin+1:end]; positions before `first` were already
+    scored by an earlier window."""
     windows, scored_to, begin = [], 1, 0
     while scored_to < n:
         end = min(begin + block_size + 1, n)
         windows.append((begin, end, scored_to))
         scored_to = end
         begin += stride
+    return windows
 
-    device = next(model.parameters()).device
+
+def _equal_length_batches(windows: list[tuple[int, int, int]], batch_size: int):
+    """Consecutive windows of one length, at most `batch_size` at a time: the full-length windows
+    batch together, the last, shorter one (if any) runs alone."""
+    i = 0
+    while i < len(windows):
+        length = windows[i][1] - windows[i][0]
+        j = i
+        while j < len(windows) and j - i < batch_size and windows[j][1] - windows[j][0] == length:
+            j += 1
+        yield windows[i:j]
+        i = j
+
+
+def _score_windows(model: nn.Module, tokens, batch: list[tuple[int, int, int]]) -> list[tuple[float, int]]:
+    """(summed nats, number) of the tokens each window of `batch` scores."""
     vocab = model.config.vocab_size
-    loss_sum, scored = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            # Full-length windows batch together; the last, shorter one (if any) runs alone.
-            i = 0
-            while i < len(windows):
-                length = windows[i][1] - windows[i][0]
-                j = i
-                while j < len(windows) and j - i < batch_size and windows[j][1] - windows[j][0] == length:
-                    j += 1
-                batch = windows[i:j]
-                ids = torch.stack([_slice(tokens, b, e) for b, e, _ in batch]).to(device)
-                if int(ids.max()) >= vocab or int(ids.min()) < 0:
-                    raise DataError(f"token ids must be in [0, {vocab}) for this model, found {int(ids.max())}",
-                                    "encode the data with the tokenizer the model was trained with")
-                logits = model(ids[:, :-1]).float()
-                nll = F.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1),
-                                      reduction="none").view(len(batch), -1)
-                for row, (b, e, first) in enumerate(batch):
-                    # nll[:, k] scores token b + 1 + k.
-                    loss_sum += float(nll[row, first - b - 1:].double().sum())
-                    scored += e - first
-                i = j
-    finally:
-        model.train(was_training)
+    ids = torch.stack([_slice(tokens, b, e) for b, e, _ in batch]).to(next(model.parameters()).device)  # (B, T + 1)
+    if int(ids.max()) >= vocab or int(ids.min()) < 0:
+        raise DataError(f"token ids must be in [0, {vocab}) for this model, found {int(ids.max())}",
+                        "encode the data with the tokenizer the model was trained with")
+    logits = model(ids[:, :-1]).float()  # (B, T, vocab)
+    nll = F.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1),
+                          reduction="none").view(len(batch), -1)  # (B, T); nll[:, k] scores token b + 1 + k
+    return [(float(nll[row, first - b - 1:].double().sum()), e - first) for row, (b, e, first) in enumerate(batch)]
 
+
+def _summary(loss_sum: float, scored: int, num_bytes: int | None) -> dict:
     loss = loss_sum / scored
     return {
         "loss": loss,

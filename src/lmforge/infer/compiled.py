@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 
 from lmforge.errors import ConfigError
-from lmforge.models.layers import KVCache
+from lmforge.models.common.cache import AttentionCache, KVCache
+from lmforge.models.registry import TRAITS
 
 # Cache lengths are rounded up to a multiple of this, so that generations of different lengths
 # share one compiled graph; masked positions cost a little attention work, not a recompilation.
@@ -72,7 +73,7 @@ class LayerKVCache(KVCache):
         self.v = [v[index] for v in self.v]
 
 
-class _StepCache:
+class _StepCache(AttentionCache):
     """The model's view of the KV cache during one compiled step.
 
     Every row's new key/value goes to column `write_col` of the per-layer (B, n_kv, L, hs) buffers
@@ -197,7 +198,8 @@ def _arguments(tokens, positions, key_start, write_col, cache) -> tuple:
 def check_compilable(model: nn.Module) -> None:
     """Raise a ConfigError unless `model` is a decoder the compiled step supports."""
     family = getattr(model, "family", type(model).__name__)
-    if family != "gpt":
+    traits = TRAITS.get(family)
+    if traits is None or not traits.kv_cache:  # the step writes a key/value cache slot per token
         raise ConfigError(f"compiled decoding supports GPT-family decoders, not {family} models",
                           "generate without --compile")
     device = next(model.parameters()).device

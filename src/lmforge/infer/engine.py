@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 
 from lmforge.errors import ConfigError
-from lmforge.infer.generate import Completion, _held_back, _ids_before, cut_at_stop, encode_prompt
+from lmforge.infer.generate import Completion, encode_prompt
+from lmforge.infer.stops import cut_at_stop, held_back, ids_before
 from lmforge.infer.kv_cache import SlotKVCache
 from lmforge.infer.runner import ModelRunner
 from lmforge.infer.sampling import SamplingParams
@@ -233,13 +234,13 @@ class Engine:
             if p.stop:
                 before, hit = cut_at_stop(text, p.stop)
                 if hit:
-                    req.output_ids = _ids_before(self.tokenizer, req.output_ids, before)
+                    req.output_ids = ids_before(self.tokenizer, req.output_ids, before)
                     return self._finish(req, [tok], "stop", before)
         if len(req.output_ids) >= p.max_new_tokens or req.num_tokens >= self.scheduler.context_len:
             return self._finish(req, [tok], "length", text)
         delta = ""
         if text is not None and not text.endswith("\ufffd"):
-            visible = text[:len(text) - _held_back(text, p.stop)] if p.stop else text
+            visible = text[:len(text) - held_back(text, p.stop)] if p.stop else text
             if len(visible) > len(req.sent_text) and visible.startswith(req.sent_text):
                 delta = visible[len(req.sent_text):]
                 req.sent_text = visible

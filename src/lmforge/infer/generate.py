@@ -1,27 +1,24 @@
 """Autoregressive generation: the reference path every faster engine is tested against.
 
-Prompts of different lengths are left-padded into one batch so that every row's
-next token sits in the same (last) column; an attention mask hides the pads and
-position ids count real tokens only. Keys/values live in a cache preallocated for
-prompt + new tokens, so each decode step feeds one token per row and allocates no
-new cache memory.
+Prompts are checked, repeated `num_samples` times and continued together by the batched decode
+loop of `lmforge.infer.decoding`; each row's new ids are then cut at its end of text or stop
+string and decoded to text. `TextStreamer` writes one row to a terminal as it is produced.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
 from dataclasses import dataclass
-from typing import Callable, Sequence, TextIO
+from typing import Sequence, TextIO
 
 import torch
 import torch.nn as nn
 
 from lmforge.errors import ConfigError
 from lmforge.infer.compiled import CompiledDecoder
-from lmforge.infer.sampling import SamplingParams, apply_repetition_penalty, sample_next
-
-
-StreamFn = Callable[[int, int], None]
+from lmforge.infer.decoding import StreamFn, decode_rows
+from lmforge.infer.sampling import SamplingParams
+from lmforge.infer.stops import cut_at_stop, held_back, ids_before
 
 
 @dataclass
@@ -123,7 +120,7 @@ class TextStreamer:
             return
         text, self.stopped = cut_at_stop(text, self.stop)
         if not self.stopped:
-            text = text[:len(text) - _held_back(text, self.stop)]
+            text = text[:len(text) - held_back(text, self.stop)]
         self._write(text)
 
     def end(self) -> str:
@@ -152,24 +149,8 @@ def stream_text(model: nn.Module, tokenizer, prompt: str | Sequence[int], params
     return done.text
 
 
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """`text` up to the earliest stop string, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
-
-def _held_back(text: str, stop: Sequence[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
-    best = 0
-    for s in stop:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
-
-
-# ---------------------------------------------------------------- the decode loop
+# ---------------------------------------------------------------- checking, decoding, cutting
 def generate_completions(model: nn.Module, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, *,
                          eos_id: int | None = None, tokenizer=None, stream: StreamFn | None = None,
                          use_cache: bool = True, compile: bool = False) -> list[Completion]:
@@ -206,7 +187,7 @@ def generate_completions(model: nn.Module, prompt_ids: Sequence[Sequence[int]], 
     model.eval()
     try:
         with torch.inference_mode(), (decoder.session() if decoder else contextlib.nullcontext()) as step:
-            new_ids, lengths, reasons = _decode(model, rows, params, eos_id, tokenizer, stream, use_cache, step)
+            new_ids, lengths, reasons = decode_rows(model, rows, params, eos_id, tokenizer, stream, use_cache, step)
     finally:
         model.train(was_training)
 
@@ -217,131 +198,6 @@ def generate_completions(model: nn.Module, prompt_ids: Sequence[Sequence[int]], 
         if tokenizer is not None:
             text, hit = cut_at_stop(tokenizer.decode(ids), params.stop)
             if hit:
-                ids = _ids_before(tokenizer, ids, text)
+                ids = ids_before(tokenizer, ids, text)
         out.append(Completion(ids, text, reason))
     return out
-
-
-def _ids_before(tokenizer, ids: list[int], text: str) -> list[int]:
-    """The shortest prefix of `ids` whose text still covers `text` (the part before a stop string)."""
-    n = len(ids)
-    while n > 0 and tokenizer.decode(ids[:n - 1]).startswith(text):
-        n -= 1
-    return ids[:n]
-
-
-def _decode(model, rows: list[list[int]], params: SamplingParams, eos_id, tokenizer, stream, use_cache,
-            compiled_step=None):
-    """Run the loop; returns (new ids per row incl. trailing pads, valid length per row, finish reasons).
-
-    `compiled_step`, from `CompiledDecoder.session()`, replaces the model for the one-token steps."""
-    ref = next(model.parameters())
-    device = ref.device
-    B = len(rows)
-    lens = [len(r) for r in rows]
-    P = max(lens)
-    steps = min(params.max_new_tokens, model.config.block_size - P)
-    total = P + steps
-    pad = getattr(tokenizer, "pad_id", None)
-    pad = pad if pad is not None else (eos_id if eos_id is not None else 0)
-
-    # seq holds prompt + generated tokens, left padded; it is the input of the uncached path.
-    seq = torch.full((B, total), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        seq[i, P - len(r):P] = torch.tensor(r, dtype=torch.long)
-    seq = seq.to(device)
-    padded = min(lens) != P
-    if padded:
-        mask = torch.zeros(B, total, dtype=torch.bool)
-        for i, n in enumerate(lens):
-            mask[i, P - n:] = True
-        mask = mask.to(device)
-        # Row i's token in column P + s is its (len_i + s)-th real token.
-        positions = (torch.tensor(lens)[:, None] + torch.arange(steps)[None]).to(device)
-    else:
-        mask = None
-        positions = torch.arange(P, total, device=device)[None].expand(B, steps)
-
-    penalty = params.repetition_penalty
-    hist = None
-    if penalty != 1.0:
-        # Pads must not be penalised: stand in each row's first real token for them.
-        hist = seq.clone()
-        for i, r in enumerate(rows):
-            hist[i, :P - len(r)] = r[0]
-
-    gen = None
-    if params.seed is not None:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(params.seed)
-    temperature, top_k, top_p = params.temperature, params.top_k, params.top_p
-
-    track = eos_id is not None or bool(params.stop) or stream is not None
-    stop = params.stop
-    done = [False] * B
-    lengths = [steps] * B
-    reasons = ["length"] * B
-    generated: list[list[int]] = [[] for _ in range(B)]
-    finished = torch.zeros(B, dtype=torch.bool, device=device) if track else None
-    any_done = False
-
-    if compiled_step is not None:
-        cache = CompiledDecoder.new_cache(model, B, total)
-        key_start = torch.tensor([P - n for n in lens], device=device)  # each row's first real column
-    else:
-        cache = model.new_kv_cache(B, total) if use_cache else None
-    if use_cache:
-        logits = model(seq[:, :P], kv_cache=cache, attention_mask=mask[:, :P] if padded else None, last_only=True)
-        cache.advance(P)
-    else:
-        logits = model(seq[:, :P], attention_mask=mask[:, :P] if padded else None, last_only=True)
-
-    S = P
-    for s in range(steps):
-        scores = logits[:, -1]
-        if hist is not None:
-            scores = apply_repetition_penalty(scores, hist[:, :S], penalty)
-        nxt = sample_next(scores, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
-        if any_done:
-            nxt = nxt.masked_fill(finished, pad)
-        seq[:, S] = nxt
-        if hist is not None:
-            hist[:, S] = nxt
-        S += 1
-        if track:
-            host = nxt.tolist()
-            for i in range(B):
-                if done[i]:
-                    continue
-                tok = host[i]
-                if tok == eos_id:
-                    done[i], lengths[i], reasons[i] = True, s, "eos"
-                else:
-                    if stream is not None:
-                        stream(i, tok)
-                    if stop:
-                        generated[i].append(tok)
-                        if _has_stop(tokenizer.decode(generated[i]), stop):
-                            done[i], lengths[i], reasons[i] = True, s + 1, "stop"
-                if done[i]:
-                    finished[i] = True
-                    any_done = True
-            if any_done and all(done):
-                break
-        if s == steps - 1:
-            break
-        if compiled_step is not None:
-            logits = compiled_step(seq[:, S - 1:S], positions[:, s:s + 1], key_start, S - 1, cache)[:, None]
-            cache.advance(1)
-        elif use_cache:
-            logits = model(seq[:, S - 1:S], kv_cache=cache, attention_mask=mask[:, :S] if padded else None,
-                           position_ids=positions[:, s:s + 1], last_only=True)
-            cache.advance(1)
-        else:
-            logits = model(seq[:, :S], attention_mask=mask[:, :S] if padded else None, last_only=True)
-
-    return seq[:, P:S].tolist(), [min(n, S - P) for n in lengths], reasons
-
-
-def _has_stop(text: str, stop: Sequence[str]) -> bool:
-    return any(s in text for s in stop)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.errors import ConfigError
+from lmforge.models.common.cache import AttentionCache
 
 
 class SlotKVCache:
@@ -120,7 +121,7 @@ class SlotKVCache:
             self.lengths[slot] += n
 
 
-class SlotBatch:
+class SlotBatch(AttentionCache):
     """One forward pass's view of a `SlotKVCache`, usable wherever a `KVCache` is.
 
     Attributes for the model call: `length` (cached columns before the new ones, S - T),

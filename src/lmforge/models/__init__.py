@@ -1,4 +1,5 @@
-"""Model families (one module each), LoRA adapters, task heads, and the registry of families and presets."""
+"""Model families (one module each) over the shared building blocks of `common/`, LoRA adapters, task heads,
+and the registry of families and presets."""
 from lmforge.models import bert, gpt, heads, ngram, rnn, t5
 from lmforge.models.registry import register_family
 

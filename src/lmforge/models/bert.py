@@ -15,21 +15,27 @@ Fine-tuning heads (classification, tagging, span extraction) sit on `forward`'s 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
-from lmforge.models.layers import MLP, SelfAttention, sinusoidal_table
+from lmforge.models.common.attention import SelfAttention
+from lmforge.models.common.config import ModelConfig
+from lmforge.models.common.mlp import MLP
+from lmforge.models.common.positions import sinusoidal_table
+from lmforge.models.registry import FamilyTraits
 
 POSITIONS = ("learned", "sinusoidal")
 MLPS = ("gelu", "gelu_exact")
 
 
 @dataclass
-class BertConfig:
+class BertConfig(ModelConfig):
+    family, display_name = "bert", "BERT"
+
     vocab_size: int = 30522
     block_size: int = 512           # most positions a sequence may have
     n_layer: int = 12
@@ -47,20 +53,12 @@ class BertConfig:
     def __post_init__(self):
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.n_embd
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "intermediate_size",
-                     "type_vocab_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}",
-                                  f"set --model.{name} to a positive integer")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"model.n_embd ({self.n_embd}) is not divisible by model.n_head ({self.n_head})",
-                              "choose n_embd as a multiple of n_head")
-        for name, allowed in (("position", POSITIONS), ("mlp", MLPS)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}",
-                                  f"pass --model.{name} {allowed[0]}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}", "pass e.g. --model.dropout 0.1")
+        self.require_positive("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "intermediate_size",
+                              "type_vocab_size")
+        self.require_heads_divide_width()
+        self.require_choice("position", POSITIONS)
+        self.require_choice("mlp", MLPS)
+        self.require_dropout("dropout")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"model.pad_token_id ({self.pad_token_id}) is not a token id below model.vocab_size "
                               f"({self.vocab_size})", "pass the tokenizer's [PAD] id")
@@ -68,18 +66,6 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return {"family": "bert", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BertConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"family"}
-        if unknown:
-            raise ConfigError(f"unknown BERT config keys: {', '.join(sorted(unknown))}",
-                              f"valid keys are {', '.join(sorted(known))}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def padding_to_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -222,6 +208,8 @@ class Bert(nn.Module):
 
 # ---------------------------------------------------------------- presets
 FAMILY, CONFIG, MODEL = "bert", BertConfig, Bert
+TRAITS = FamilyTraits(structure="encoder", input_format="cls-sep", pooling="pooler",
+                      default_tokenizer="wordpiece")
 
 PRESETS: dict[str, dict] = {
     "bert-debug": dict(vocab_size=1024, block_size=128, n_layer=2, n_head=4, n_embd=64),

@@ -4,15 +4,21 @@ Reads top to bottom: config -> block -> model -> size/FLOPs helpers.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
-from lmforge.models.layers import (MLP, KVCache, SelfAttention, causal_mask, linear_cross_entropy_sum, make_norm,
-                                   rope_cos_sin, sinusoidal_table)
+from lmforge.models.common.attention import SelfAttention, causal_mask
+from lmforge.models.common.cache import AttentionCache, KVCache
+from lmforge.models.common.config import ModelConfig
+from lmforge.models.common.loss import linear_cross_entropy_sum
+from lmforge.models.common.mlp import MLP
+from lmforge.models.common.norms import make_norm
+from lmforge.models.common.positions import rope_cos_sin, sinusoidal_table
+from lmforge.models.registry import FamilyTraits
 
 POSITIONS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
@@ -20,7 +26,9 @@ MLPS = ("gelu", "gelu_exact", "swiglu")
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
+    family, display_name = "gpt", "GPT"
+
     vocab_size: int = 50257
     block_size: int = 1024          # longest context the model is built for
     n_layer: int = 12
@@ -44,42 +52,22 @@ class GPTConfig:
             self.n_kv_head = self.n_head
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.n_embd
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}",
-                                  f"set --model.{name} to a positive integer")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"model.n_embd ({self.n_embd}) is not divisible by model.n_head ({self.n_head})",
-                              "choose n_embd as a multiple of n_head")
+        self.require_positive("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
+                              "intermediate_size")
+        self.require_heads_divide_width()
         if self.n_head % self.n_kv_head:
             raise ConfigError(f"model.n_head ({self.n_head}) is not divisible by model.n_kv_head ({self.n_kv_head})",
                               "choose n_kv_head dividing n_head (1 = MQA, n_head = MHA)")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError("rotary positions need an even head size", "change model.n_embd or model.n_head")
-        for name, allowed in (("position", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}",
-                                  f"pass --model.{name} {allowed[0]}")
-        for name in ("dropout", "attention_dropout"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ConfigError(f"model.{name} must be in [0, 1), got {value}", f"pass e.g. --model.{name} 0.1")
+        self.require_choice("position", POSITIONS)
+        self.require_choice("norm", NORMS)
+        self.require_choice("mlp", MLPS)
+        self.require_dropout("dropout", "attention_dropout")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return {"family": "gpt", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"family"}
-        if unknown:
-            raise ConfigError(f"unknown GPT config keys: {', '.join(sorted(unknown))}",
-                              f"valid keys are {', '.join(sorted(known))}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class Block(nn.Module):
@@ -130,7 +118,7 @@ class GPT(nn.Module):
             else:
                 nn.init.ones_(p)
 
-    def forward(self, input_ids: torch.Tensor, *, kv_cache: KVCache | None = None,
+    def forward(self, input_ids: torch.Tensor, *, kv_cache: AttentionCache | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 last_only: bool = False, labels: torch.Tensor | None = None,
                 return_hidden: bool = False) -> torch.Tensor:
@@ -164,7 +152,7 @@ class GPT(nn.Module):
             rope = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         x = self.drop(x)
         # A cache that lays keys out its own way (per-request slots) supplies the matching mask (B, 1, T, S).
-        mask = getattr(kv_cache, "key_mask", None)
+        mask = kv_cache.key_mask if kv_cache is not None else None
         if mask is None and attention_mask is not None:
             mask = causal_mask(T, S, input_ids.device, attention_mask)
         for i, block in enumerate(self.blocks):
@@ -227,6 +215,7 @@ def flops_per_token(cfg: GPTConfig, seq_len: int | None = None, *, training: boo
 
 # ---------------------------------------------------------------- presets
 FAMILY, CONFIG, MODEL = "gpt", GPTConfig, GPT
+TRAITS = FamilyTraits(structure="decoder", pooling="last", default_tokenizer="bpe", kv_cache=True)
 
 _LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
 

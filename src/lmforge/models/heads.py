@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.models.lora import apply_lora, remove_lora
-from lmforge.models.registry import build_model, config_from_dict
+from lmforge.models.registry import FamilyTraits, build_model, config_from_dict, traits_of
 
 
 
@@ -62,7 +62,7 @@ class TaskModelConfig:
 def backbone_width(cfg) -> int:
     """Size of the hidden states a backbone's `features` returns."""
     d = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
-    return int(d["hidden_size"] if d.get("family") == "rnn" else d["n_embd"])
+    return int(d[traits_of(d).width_field])
 
 
 class TaskModel(nn.Module):
@@ -74,6 +74,7 @@ class TaskModel(nn.Module):
         self.config = cfg
         self.backbone = backbone if backbone is not None else build_model(config_from_dict(cfg.backbone))
         self.backbone_family = self.backbone.family
+        self.backbone_traits = traits_of(self.backbone)
         width = backbone_width(self.backbone.config)
         n_out = {"sequence": len(cfg.labels), "token": len(cfg.labels), "span": 2, "lm": 0}[cfg.head]
         self.dropout = nn.Dropout(cfg.classifier_dropout)
@@ -115,17 +116,18 @@ class TaskModel(nn.Module):
     # ------------------------------------------------------------------ shared pieces
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if self.backbone_family == "bert":
+        if self.backbone_traits.segment_ids:
             return self.backbone.features(input_ids, attention_mask, token_type_ids)
         return self.backbone.features(input_ids, attention_mask)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, C) summary of right-padded rows."""
-        if self.backbone_family == "bert":
+        pooling = self.backbone_traits.pooling
+        if pooling == "pooler":
             return self.backbone.pool(hidden)
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
-        if self.backbone_family == "t5":
+        if pooling == "mean":
             m = attention_mask.to(hidden.dtype)[..., None]
             return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
         last = attention_mask.long().sum(1).clamp(min=1) - 1  # (B,)
@@ -159,4 +161,5 @@ def block_lists(backbone: nn.Module) -> list[nn.ModuleList]:
 
 # ---------------------------------------------------------------- registry entry
 FAMILY, CONFIG, MODEL = "task", TaskModelConfig, TaskModel
+TRAITS = FamilyTraits(structure="wrapper")
 PRESETS: dict[str, dict] = {}

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.models.common.state import state_mismatch
 
 # The attention and feed-forward projections of the transformer blocks: self-attention `qkv`/`proj`,
 # cross-attention `q`/`kv`/`proj`, MLP `up`/`down` and the gated MLPs' `gate`. Output heads, poolers
@@ -189,16 +190,8 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     if not expected:
         raise CheckpointError("the model has no LoRA adapters to load weights into",
                               "call apply_lora with the saved lora_config first")
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k} {tuple(getattr(state[k], 'shape', ()))} vs {tuple(expected[k].shape)}"
-                    for k in set(state) & set(expected)
-                    if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
-    if missing or unexpected or shapes:
-        detail = "; ".join(s for s in (
-            f"{len(missing)} missing: {', '.join(missing[:3])}" if missing else "",
-            f"{len(unexpected)} unexpected: {', '.join(unexpected[:3])}" if unexpected else "",
-            f"shape mismatch: {', '.join(shapes[:3])}" if shapes else "") if s)
+    detail = state_mismatch(expected, state, detailed=True)
+    if detail:
         raise CheckpointError(f"LoRA weights do not match the model's adapters ({detail})",
                               "apply LoRA with the r and targets they were saved with (see lora_config)")
     with torch.no_grad():

@@ -23,17 +23,21 @@ where the id of a (k-1)-gram is its index in the sorted table of order k-1: keys
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from lmforge.errors import ConfigError, DataError
+from lmforge.models.common.config import ModelConfig
+from lmforge.models.registry import FamilyTraits
 
 
 @dataclass
-class NGramConfig:
+class NGramConfig(ModelConfig):
+    family, display_name = "ngram", "n-gram"
+
     vocab_size: int = 256
     order: int = 5
     block_size: int = 256                  # longest input fed in one call (evaluation windows, generation)
@@ -41,10 +45,7 @@ class NGramConfig:
     table_sizes: list[int] | None = None   # distinct k-grams stored for k = 1..order; set by `fit`
 
     def __post_init__(self):
-        for name in ("vocab_size", "order", "block_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}",
-                                  f"set --model.{name} to a positive integer")
+        self.require_positive("vocab_size", "order", "block_size")
         if self.discount is not None and not 0.0 < self.discount <= 1.0:
             raise ConfigError(f"model.discount must be in (0, 1], got {self.discount}",
                               "drop it for modified Kneser-Ney discounts, or pass e.g. 0.75")
@@ -53,18 +54,6 @@ class NGramConfig:
             if len(self.table_sizes) != self.order or min(self.table_sizes) < 0:
                 raise ConfigError(f"model.table_sizes must hold {self.order} non-negative sizes, "
                                   f"got {self.table_sizes}", "load the config.json the model was saved with")
-
-    def to_dict(self) -> dict:
-        return {"family": "ngram", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "NGramConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"family"}
-        if unknown:
-            raise ConfigError(f"unknown n-gram config keys: {', '.join(sorted(unknown))}",
-                              f"valid keys are {', '.join(sorted(known))}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def modified_kn_discounts(count_of_counts: np.ndarray) -> np.ndarray:
@@ -310,6 +299,7 @@ class NGramLM(nn.Module):
 
 # ---------------------------------------------------------------- presets
 FAMILY, CONFIG, MODEL = "ngram", NGramConfig, NGramLM
+TRAITS = FamilyTraits(structure="decoder", fitted_by_counting=True)
 
 PRESETS: dict[str, dict] = {
     "ngram-debug": dict(vocab_size=512, order=3, block_size=64),

@@ -6,29 +6,67 @@ from __future__ import annotations
 
 import difflib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from lmforge.atomic import save_safetensors_atomic, write_json_atomic
 from lmforge.device import resolve_device
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.models.common.state import state_mismatch
+
+
+@dataclass(frozen=True)
+class FamilyTraits:
+    """What code outside a family asks of it, so that callers test a property, never a family name."""
+    structure: str                  # "decoder" (predicts the next token), "encoder" (bidirectional),
+                                    # "encoder-decoder", or "wrapper" (a task head around another family)
+    input_format: str = "plain"     # "plain": text ids then eos; "cls-sep": [CLS] a [SEP] (b [SEP]) + segment ids
+    pooling: str = "last"           # one vector per text for a sequence head: "pooler" (its pretrained pooler
+                                    # over [CLS]), "last" (last real token, the only one that saw the whole
+                                    # text in a decoder) or "mean" (over real tokens)
+    default_tokenizer: str = "bpe"  # the tokenizer a fresh model of the family is trained with
+    fitted_by_counting: bool = False  # fitted in one pass over the data, not by gradient steps
+    kv_cache: bool = False          # decodes incrementally from a key/value cache
+    width_field: str = "n_embd"     # config field holding the width of the hidden states
+
+    @property
+    def segment_ids(self) -> bool:
+        return self.input_format == "cls-sep"
+
 
 # Filled by `register_family`, which `lmforge.models` calls for each family module on import.
 FAMILIES: dict[str, tuple[type, type]] = {}
+TRAITS: dict[str, FamilyTraits] = {}
 PRESETS: dict[str, tuple[str, dict]] = {}
 
 
 def register_family(module) -> None:
-    """Add a family module's `FAMILY` name, `CONFIG` and `MODEL` classes and named `PRESETS`."""
+    """Add a family module's `FAMILY` name, `CONFIG` and `MODEL` classes, `TRAITS` and named `PRESETS`."""
     if module.FAMILY in FAMILIES:
         raise ValueError(f"model family {module.FAMILY!r} is registered twice")
     FAMILIES[module.FAMILY] = (module.CONFIG, module.MODEL)
+    TRAITS[module.FAMILY] = module.TRAITS
     for name, values in module.PRESETS.items():
         if name in PRESETS:
             raise ValueError(f"model preset {name!r} is registered twice")
         PRESETS[name] = (module.FAMILY, values)
+
+
+def traits_of(family_or_model) -> FamilyTraits:
+    """The traits of a family, given its name, a model, a model config or a config dict."""
+    if isinstance(family_or_model, str):
+        family = family_or_model
+    elif isinstance(family_or_model, dict):
+        family = family_or_model.get("family", "gpt")
+    else:
+        family = getattr(family_or_model, "family", None) or family_or_model.to_dict()["family"]
+    if family not in TRAITS:
+        raise ConfigError(f"unknown model family {family!r}", f"known families: {', '.join(TRAITS)}")
+    return TRAITS[family]
 
 
 def list_presets() -> list[str]:
@@ -158,8 +196,6 @@ def tied_keys(model: nn.Module) -> set[str]:
 
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """Load a model saved by `save_model` (or a run directory) onto `device` ("auto": a GPU when present)."""
-    from safetensors.torch import load_file
-
     device = resolve_device(device) if isinstance(device, str) else device
     directory = Path(directory)
     cfg_path, weights = directory / "config.json", directory / "model.safetensors"
@@ -184,15 +220,8 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
     """Strict load that names the missing/unexpected/mis-shaped keys in a one-line error."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state) - tied_keys(model))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        detail = "; ".join(s for s in (
-            f"missing {', '.join(missing[:3])}" if missing else "",
-            f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
-            f"shape mismatch {', '.join(shapes[:3])}" if shapes else "") if s)
+    detail = state_mismatch(model.state_dict(), state, optional=tied_keys(model))
+    if detail:
         raise CheckpointError(f"weights in {source} do not match the model config ({detail})",
                               "load them with the config.json they were saved with")
     model.load_state_dict(state, strict=False)

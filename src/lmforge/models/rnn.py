@@ -10,7 +10,7 @@ network itself has no positional limit, and a state can be carried over any dist
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -18,12 +18,16 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmforge.errors import ConfigError
+from lmforge.models.common.config import ModelConfig
+from lmforge.models.registry import FamilyTraits
 
 CELLS = ("rnn", "lstm", "gru")
 
 
 @dataclass
-class RNNConfig:
+class RNNConfig(ModelConfig):
+    family, display_name = "rnn", "RNN"
+
     vocab_size: int = 50257
     block_size: int = 256           # training context (BPTT length); also the window used to evaluate
     n_layer: int = 2
@@ -33,31 +37,17 @@ class RNNConfig:
     dropout: float = 0.0            # on embeddings, between layers and before the output layer
     tie_embeddings: bool = False    # only possible when n_embd == hidden_size
 
+    @property
+    def variant(self) -> str:
+        return self.cell
+
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_embd", "hidden_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}",
-                                  f"set --model.{name} to a positive integer")
-        if self.cell not in CELLS:
-            raise ConfigError(f"model.cell must be one of {', '.join(CELLS)}, got {self.cell!r}",
-                              "pass --model.cell lstm")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}", "pass e.g. --model.dropout 0.1")
+        self.require_positive("vocab_size", "block_size", "n_layer", "n_embd", "hidden_size")
+        self.require_choice("cell", CELLS, suggest="lstm")
+        self.require_dropout("dropout")
         if self.tie_embeddings and self.n_embd != self.hidden_size:
             raise ConfigError(f"model.tie_embeddings needs model.n_embd ({self.n_embd}) == model.hidden_size "
                               f"({self.hidden_size})", "set them equal or pass --model.tie_embeddings false")
-
-    def to_dict(self) -> dict:
-        return {"family": "rnn", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RNNConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"family"}
-        if unknown:
-            raise ConfigError(f"unknown RNN config keys: {', '.join(sorted(unknown))}",
-                              f"valid keys are {', '.join(sorted(known))}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class RNNState:
@@ -214,6 +204,7 @@ def _left_pad_counts(real: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- presets
 FAMILY, CONFIG, MODEL = "rnn", RNNConfig, RNNLM
+TRAITS = FamilyTraits(structure="decoder", pooling="last", default_tokenizer="bpe", width_field="hidden_size")
 
 PRESETS: dict[str, dict] = {
     "rnn-debug": dict(vocab_size=512, block_size=64, n_layer=2, n_embd=32, hidden_size=48, cell="rnn"),

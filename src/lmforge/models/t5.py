@@ -11,14 +11,19 @@ Shapes: B batch, S source (encoder) tokens, T target (decoder) tokens, C = n_emb
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from lmforge.errors import ConfigError
-from lmforge.models.layers import (MLP, CrossAttention, KVCache, RelativePositionBias, SelfAttention, causal_mask,
-                                   make_norm, sinusoidal_table)
+from lmforge.models.common.attention import CrossAttention, SelfAttention, causal_mask
+from lmforge.models.common.cache import KVCache
+from lmforge.models.common.config import ModelConfig
+from lmforge.models.common.mlp import MLP
+from lmforge.models.common.norms import make_norm
+from lmforge.models.common.positions import RelativePositionBias, sinusoidal_table
+from lmforge.models.registry import FamilyTraits
 
 POSITIONS = ("relative", "sinusoidal", "learned")
 NORMS = ("rmsnorm", "layernorm")
@@ -28,7 +33,9 @@ MLPS = {"relu": "relu", "gated-gelu": "geglu", "gelu": "gelu_exact"}
 
 
 @dataclass
-class T5Config:
+class T5Config(ModelConfig):
+    family, display_name = "t5", "T5"
+
     vocab_size: int = 32128
     block_size: int = 512           # longest source/target for learned or sinusoidal positions
     n_layer: int = 6                # encoder blocks
@@ -57,23 +64,17 @@ class T5Config:
             self.n_decoder_layer = self.n_layer
         if self.decoder_start_token_id is None:
             self.decoder_start_token_id = self.pad_token_id
-        for name in ("vocab_size", "block_size", "n_layer", "n_decoder_layer", "n_head", "n_embd",
-                     "intermediate_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}",
-                                  f"set --model.{name} to a positive integer")
+        self.require_positive("vocab_size", "block_size", "n_layer", "n_decoder_layer", "n_head", "n_embd",
+                              "intermediate_size")
         if self.head_dim is None:
-            if self.n_embd % self.n_head:
-                raise ConfigError(f"model.n_embd ({self.n_embd}) is not divisible by model.n_head ({self.n_head})",
-                                  "choose n_embd as a multiple of n_head, or set model.head_dim")
+            self.require_heads_divide_width("choose n_embd as a multiple of n_head, or set model.head_dim")
             self.head_dim = self.n_embd // self.n_head
         if self.head_dim <= 0:
             raise ConfigError(f"model.head_dim must be positive, got {self.head_dim}", "set e.g. --model.head_dim 64")
-        for name, allowed in (("position", POSITIONS), ("norm", NORMS), ("norm_position", NORM_POSITIONS),
-                              ("mlp", tuple(MLPS))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}",
-                                  f"pass --model.{name} {allowed[0]}")
+        self.require_choice("position", POSITIONS)
+        self.require_choice("norm", NORMS)
+        self.require_choice("norm_position", NORM_POSITIONS)
+        self.require_choice("mlp", tuple(MLPS))
         # Bidirectional buckets are halved, and half of each half holds exact distances: at least one each.
         if self.relative_buckets < 4 or self.relative_max_distance <= self.relative_buckets // 4:
             raise ConfigError(f"model.relative_buckets ({self.relative_buckets}) must be >= 4 and "
@@ -83,20 +84,7 @@ class T5Config:
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ConfigError(f"model.{name} ({getattr(self, name)}) is outside the vocabulary "
                                   f"[0, {self.vocab_size})", "use the tokenizer's pad id")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}", "pass e.g. --model.dropout 0.1")
-
-    def to_dict(self) -> dict:
-        return {"family": "t5", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "T5Config":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"family"}
-        if unknown:
-            raise ConfigError(f"unknown T5 config keys: {', '.join(sorted(unknown))}",
-                              f"valid keys are {', '.join(sorted(known))}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        self.require_dropout("dropout")
 
 
 class Block(nn.Module):
@@ -318,6 +306,7 @@ class T5(nn.Module):
 
 # ---------------------------------------------------------------- presets
 FAMILY, CONFIG, MODEL = "t5", T5Config, T5
+TRAITS = FamilyTraits(structure="encoder-decoder", pooling="mean", default_tokenizer="bpe")
 
 _TRANSFORMER = dict(position="sinusoidal", norm="layernorm", norm_position="post", norm_eps=1e-5, bias=True,
                     scaled_attention=True, scale_embeddings=True, mlp="relu")

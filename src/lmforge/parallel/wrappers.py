@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.models.heads import block_lists
 from lmforge.parallel.distributed import DistInfo
@@ -11,16 +13,12 @@ from lmforge.parallel.distributed import DistInfo
 def apply_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     if not info.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
 
 def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
     """Recompute each transformer block's activations in the backward pass (less memory, ~30% more compute)."""
-    from torch.utils.checkpoint import checkpoint
-
     for block in [b for blocks in block_lists(model) for b in blocks]:
         forward = block.forward
 

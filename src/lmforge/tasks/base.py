@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from lmforge.config import AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, TaskDataConfig
-from lmforge.data.task_readers import read_examples
+from lmforge.data.formats import read_examples
 from lmforge.errors import DataError
+from lmforge.models.registry import TRAITS, FamilyTraits, traits_of
 from lmforge.train.objectives import IGNORE_INDEX, Objective
 
 
@@ -41,7 +42,7 @@ class Task(Objective, metaclass=ABCMeta):
     name = "task"
     head = "sequence"            # sequence, token, span or lm (see lmforge.models.heads)
     reader_task = "classify"     # which example schema `read_examples` produces
-    families = ("gpt", "bert", "t5", "rnn")
+    served_as_route = True       # the server offers it at /v1/<name> for a fine-tuned run
     main_metric = "accuracy"     # the figure reported first; higher is better
 
     def __init__(self, settings: TaskSettings, tokenizer, model_family: str, *, labels: list[str] | None = None,
@@ -49,8 +50,18 @@ class Task(Objective, metaclass=ABCMeta):
         self.settings, self.data = settings, settings.data
         self.tokenizer = tokenizer
         self.family = model_family
+        self.traits = traits_of(model_family)
         self.labels = list(labels or [])
         self.extra = dict(extra or {})
+
+    @classmethod
+    def accepts(cls, traits: FamilyTraits) -> bool:
+        """Whether a backbone with these traits can learn this task (any gradient-trained model by default)."""
+        return traits.structure != "wrapper" and not traits.fitted_by_counting
+
+    @classmethod
+    def accepted_families(cls) -> list[str]:
+        return [family for family, traits in TRAITS.items() if cls.accepts(traits)]
 
     @staticmethod
     def split_key(example: dict) -> str:
@@ -99,7 +110,8 @@ class Task(Objective, metaclass=ABCMeta):
         """The label set a head must predict, learned from the training examples (none for generative tasks)."""
         return []
 
-    def augment(self, examples: list[dict]) -> list[dict]:
+    def augment(self, examples: list[dict], paraphrase=None) -> list[dict]:
+        """Training examples plus augmented copies; `paraphrase` (texts -> texts) rewrites whole texts."""
         return examples
 
     def resample(self, examples: list[dict], seed: int) -> list[dict]:

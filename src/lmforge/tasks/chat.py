@@ -35,17 +35,24 @@ from lmforge.infer.chat import (
 from lmforge.infer.generate import generate_completions
 from lmforge.infer.sampling import SamplingParams
 from lmforge.tasks.base import Task
+from lmforge.tasks.registry import register_task
 from lmforge.train.objectives import IGNORE_INDEX
 
 
 DEFAULT_GENERATE_LIMIT = 50
 
 
+@register_task("text-generation")
 class ChatTask(Task):
     name = "chat"
     head = "lm"
     reader_task = "chat"
-    families = ("gpt",)
+    served_as_route = False  # served by /v1/chat/completions instead
+
+    @classmethod
+    def accepts(cls, traits):
+        # Replies are sampled token by token from a decoder's key/value cache.
+        return traits.structure == "decoder" and traits.kv_cache
     main_metric = "rougeL"
 
     @staticmethod

@@ -16,10 +16,13 @@ import torch.nn.functional as F
 from lmforge.data.augment import augment_texts
 from lmforge.errors import DataError
 from lmforge.eval.classification import classification_report, plot_confusion_matrix
+from lmforge.models.registry import FamilyTraits
 from lmforge.tasks.base import Task, to_device
+from lmforge.tasks.registry import register_task
 
 
 
+@register_task("sentiment-analysis", "text-classification")
 class ClassificationTask(Task):
     name = "classify"
     head = "sequence"
@@ -43,12 +46,11 @@ class ClassificationTask(Task):
         return labels
 
     # ------------------------------------------------------------------ data
-    def augment(self, examples):
+    def augment(self, examples, paraphrase=None):
         cfg = self.settings.augment
         if not cfg.copies:
             return examples
-
-        return augment_texts(examples, cfg)
+        return augment_texts(examples, cfg, paraphrase)
 
     def resample(self, examples, seed):
         how = self.settings.balance.sampling
@@ -79,10 +81,10 @@ class ClassificationTask(Task):
         return [n / (k * max(counts.get(label, 0), 1)) for label in self.labels]
 
     def encode(self, example):
-        ids, types = encode_text_input(self.tokenizer, self.family, example["text"], example.get("text_pair"),
+        ids, types = encode_text_input(self.tokenizer, self.traits, example["text"], example.get("text_pair"),
                                        self.max_input_tokens())
         feature = {"input_ids": ids, "attention_mask": [1] * len(ids)}
-        if self.family == "bert":
+        if self.traits.segment_ids:
             feature["token_type_ids"] = types
         label = example.get("label")
         if label is not None and self.labels:
@@ -136,12 +138,13 @@ class ClassificationTask(Task):
                                   Path(run_dir) / "plots" / "confusion_matrix.png", title="validation")
 
 
-def encode_text_input(tokenizer, family: str, text: str, pair: str | None, limit: int) -> tuple[list[int], list[int]]:
+def encode_text_input(tokenizer, traits: FamilyTraits, text: str, pair: str | None,
+                      limit: int) -> tuple[list[int], list[int]]:
     """Token ids (and segment ids) of one text or text pair, truncated to `limit` tokens with the
     special tokens each family was trained with."""
     a = tokenizer.encode(text)
     b = tokenizer.encode(pair) if pair else None
-    if family == "bert":
+    if traits.input_format == "cls-sep":
         cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
         if cls_id is None or sep_id is None:
             raise DataError("the tokenizer has no [CLS]/[SEP] tokens, which BERT-style models need",

@@ -24,15 +24,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmforge.data.task_readers import spans_to_tags, tags_to_spans
+from lmforge.data.tagging import spans_to_tags, tags_to_spans
 from lmforge.errors import DataError
 from lmforge.eval.generation import is_cjk_text
 from lmforge.eval.sequence_labeling import entity_scores
 from lmforge.tasks.base import LengthGroupedLoader, Task, pad_batch, to_device
+from lmforge.tasks.registry import register_task
 from lmforge.train.objectives import IGNORE_INDEX
 
 
 
+@register_task("token-classification")
 class NERTask(Task):
     name = "ner"
     head = "token"
@@ -80,7 +82,7 @@ class NERTask(Task):
 
     def align(self, tokens: list[str]) -> tuple[list[int], list[int], list[int]]:
         """(input ids, segment ids, position of each fitting word's first subword)."""
-        if self.family == "bert":
+        if self.traits.input_format == "cls-sep":
             cls_id, sep_id = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
             if cls_id is None or sep_id is None:
                 raise DataError("the tokenizer has no [CLS]/[SEP] tokens, which BERT-style models need",
@@ -102,7 +104,7 @@ class NERTask(Task):
     def encode(self, example: dict) -> dict:
         ids, types, starts = self.align(example["tokens"])
         feature = {"input_ids": ids, "attention_mask": [1] * len(ids)}
-        if self.family == "bert":
+        if self.traits.segment_ids:
             feature["token_type_ids"] = types
         tags = example.get("tags")
         if tags is not None and self.labels:

@@ -33,7 +33,9 @@ import torch.nn.functional as F
 
 from lmforge.errors import ConfigError, DataError
 from lmforge.eval.generation import is_cjk_text, squad_scores
+from lmforge.models.registry import traits_of
 from lmforge.tasks.base import Task, pad_batch, to_device
+from lmforge.tasks.registry import register_task
 from lmforge.train.objectives import IGNORE_INDEX
 
 
@@ -43,6 +45,7 @@ MAX_ANSWER_TOKENS_CJK = 50
 _MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
 
 
+@register_task("question-answering")
 class QATask(Task):
     name = "qa"
     head = "span"
@@ -61,7 +64,7 @@ class QATask(Task):
 
     @classmethod
     def fresh_model_settings(cls, data, family):
-        return {"type_vocab_size": 3} if data.question_match and family == "bert" else {}
+        return {"type_vocab_size": 3} if data.question_match and traits_of(family).segment_ids else {}
 
     @classmethod
     def check_backbone(cls, backbone, data):
@@ -69,7 +72,7 @@ class QATask(Task):
             return
 
         types = getattr(backbone.config, "type_vocab_size", 0)
-        if backbone.family != "bert":
+        if not traits_of(backbone).segment_ids:
             raise ConfigError(f"data.question_match needs a BERT-family model with segment embeddings; this is a "
                               f"{backbone.family} model", "start from a bert model or drop data.question_match")
         if types < 3:
@@ -115,7 +118,7 @@ class QATask(Task):
             raise ConfigError(f"data.max_length {limit} leaves no room for a question and a context window",
                               "pass --data.max_length 128 or more")
         q = self.tokenizer.encode(question)[:limit // 2]
-        bert = self.family == "bert"
+        bert = self.traits.input_format == "cls-sep"
         if bert:
             cls_id, sep_id = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
             if cls_id is None or sep_id is None:

@@ -30,6 +30,7 @@ from lmforge.infer.sampling import SamplingParams
 from lmforge.infer.seq2seq import generate_seq2seq
 from lmforge.parallel import unwrap
 from lmforge.tasks.base import LengthGroupedLoader, Task, to_device
+from lmforge.tasks.registry import register_task
 from lmforge.train.objectives import IGNORE_INDEX, token_cross_entropy_sum
 
 
@@ -42,7 +43,15 @@ class Seq2SeqTask(Task):
 
     head = "lm"
     reader_task = "seq2seq"
-    families = ("t5", "gpt")
+
+    @classmethod
+    def accepts(cls, traits):
+        # An encoder-decoder reads the source and writes the target; a cached decoder continues source <eos>.
+        return traits.structure == "encoder-decoder" or (traits.structure == "decoder" and traits.kv_cache)
+
+    @property
+    def decoder_only(self) -> bool:
+        return self.traits.structure == "decoder"
 
     @staticmethod
     def split_key(example: dict) -> str:
@@ -58,7 +67,7 @@ class Seq2SeqTask(Task):
         """(most source-side tokens, most target tokens incl. eos) for this model's context."""
         block = int(self.extra.get("block_size", self.context_needed(self.data)))
         target = max(1, min(self.data.max_target_length, block // 2))
-        if self.family == "gpt":
+        if self.decoder_only:
             return min(self.data.max_length, block - target), target
         return min(self.data.max_length, block), target
 
@@ -70,7 +79,7 @@ class Seq2SeqTask(Task):
         source_limit, target_limit = self._limits()
         target = example.get("target")
         target_ids = tok.encode(target)[:target_limit - 1] + [eos] if target is not None else None
-        if self.family == "t5":
+        if not self.decoder_only:
             ids = tok.encode(example["source"])[:source_limit - 1] + [eos]
             feature = {"input_ids": ids, "attention_mask": [1] * len(ids)}
             if target_ids is not None:
@@ -99,7 +108,7 @@ class Seq2SeqTask(Task):
         return int(self.extra.get("decoder_start_token_id", self.tokenizer.pad_id))
 
     def _check_decode(self) -> None:
-        if self.family == "gpt" and self.settings.decode.num_beams > 1:
+        if self.decoder_only and self.settings.decode.num_beams > 1:
             raise ConfigError("beam search is implemented for encoder-decoder (t5) models only",
                               "pass --decode.num_beams 1 (greedy or sampling) for a gpt model")
 
@@ -110,7 +119,7 @@ class Seq2SeqTask(Task):
     def make_task_loader(self, features, batch_size, *, seed, rank=0, world_size=1):
         # Decoder-only rows keep plain shuffling: on the copy test, length-sorted batches left a small
         # GPT far behind after 100 steps (BLEU 5 vs > 50); the encoder-decoder learns as well either way.
-        if self.family == "gpt":
+        if self.decoder_only:
             return super().make_task_loader(features, batch_size, seed=seed, rank=rank, world_size=world_size)
         return LengthGroupedLoader(features, batch_size, self.collate, seed=seed, rank=rank, world_size=world_size)
 
@@ -142,7 +151,7 @@ class Seq2SeqTask(Task):
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             chunk = [features[i] for i in rows]
-            if self.family == "t5":
+            if not self.decoder_only:
                 batch = to_device(self.collate(chunk), model)
                 ids = generate_seq2seq(backbone, batch["input_ids"], decode.max_new_tokens,
                                        attention_mask=batch["attention_mask"], eos_id=self.tokenizer.eos_id,
@@ -213,6 +222,7 @@ def generation_subset(examples: list[dict], limit: int) -> list[dict]:
     return [examples[i * n // limit] for i in range(limit)]
 
 
+@register_task("translation")
 class TranslationTask(Seq2SeqTask):
     name = "translate"
     main_metric = "bleu"
@@ -223,6 +233,7 @@ class TranslationTask(Seq2SeqTask):
                 "hyp_len": s["hyp_len"], "ref_len": s["ref_len"], "bleu_signature": s["bleu_signature"]}
 
 
+@register_task("summarization")
 class SummarizationTask(Seq2SeqTask):
     name = "summarize"
     main_metric = "rougeL"

@@ -15,10 +15,12 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
-from lmforge.data.collate import (PretrainingLoader, Seq2SeqLoader, SpanCorruptionLoader, collate_seq2seq,
-                                  iter_pretraining_eval_batches, iter_span_corruption_eval_batches, shift_right)
+from lmforge.data.collate import Seq2SeqLoader, collate_seq2seq, shift_right
+from lmforge.data.mlm_pretraining import PretrainingLoader, iter_pretraining_eval_batches
+from lmforge.data.span_corruption import SpanCorruptionLoader, iter_span_corruption_eval_batches
 from lmforge.data.loaders import LMWindowLoader, iter_eval_batches
 from lmforge.errors import ConfigError
+from lmforge.models.registry import traits_of
 from lmforge.parallel import unwrap
 
 IGNORE_INDEX = -100
@@ -52,7 +54,7 @@ class Objective(ABC):
     """
 
     name = "objective"
-    families: tuple[str, ...] = ()   # model families it applies to
+    structure = "decoder"            # the model structure it trains (see lmforge.models.registry.FamilyTraits)
     default_tokenizer = "bpe"        # the tokenizer kind raw data is prepared with when none is asked for
     extra_ids = 0                    # sentinel tokens <extra_id_N> that tokenizer must have (T5 span corruption)
 
@@ -80,7 +82,7 @@ class CausalLM(Objective):
     """Next-token prediction; `labels` are the inputs shifted by one (IGNORE_INDEX where masked out)."""
 
     name = "clm"
-    families = ("gpt", "rnn", "ngram")  # n-gram models are fitted by counting and scored by this loss
+    structure = "decoder"  # n-gram models too: fitted by counting, then scored by this loss
 
     def counts(self, batch):
         return {"lm": (batch["labels"] != IGNORE_INDEX).sum()}
@@ -109,7 +111,7 @@ class MaskedLM(Objective):
     """
 
     name = "mlm"
-    families = ("bert",)
+    structure = "encoder"
     pair_task: str | None = None
     default_tokenizer = "wordpiece"
 
@@ -176,7 +178,7 @@ class Seq2Seq(Objective):
     """
 
     name = "seq2seq"
-    families = ("t5",)
+    structure = "encoder-decoder"
 
     def counts(self, batch):
         return {"lm": (batch["labels"] != IGNORE_INDEX).sum()}
@@ -252,17 +254,18 @@ OBJECTIVES: dict[str, type[Objective]] = {"clm": CausalLM, "mlm": MaskedLM, "mlm
                                           "span-corruption": SpanCorruption}
 
 
-DEFAULT_OBJECTIVE = {"gpt": "clm", "rnn": "clm", "bert": "mlm", "ngram": "clm", "t5": "span-corruption"}
+DEFAULT_OBJECTIVE = {"decoder": "clm", "encoder": "mlm", "encoder-decoder": "span-corruption"}
 
 
 def build_objective(name: str | None, family: str, **kwargs) -> Objective:
-    """The objective `name` (None: the family's default), checked against the model family."""
-    name = name or DEFAULT_OBJECTIVE.get(family)
+    """The objective `name` (None: the default for the model's structure), checked against the model family."""
+    structure = traits_of(family).structure
+    name = name or DEFAULT_OBJECTIVE.get(structure)
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}", f"choose one of {', '.join(sorted(OBJECTIVES))}")
     objective = OBJECTIVES[name](**kwargs)
-    if family not in objective.families:
-        usable = sorted(n for n, cls in OBJECTIVES.items() if family in cls.families)
+    if structure != objective.structure:
+        usable = sorted(n for n, cls in OBJECTIVES.items() if cls.structure == structure)
         raise ConfigError(f"objective {name!r} does not apply to {family} models",
                           f"use one of: {', '.join(usable) or 'none'}")
     return objective

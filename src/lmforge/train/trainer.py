@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from lmforge.atomic import atomic_path
 from lmforge.config import TrainConfig
@@ -281,8 +282,6 @@ class _MetricsLog:
 def _progress(cfg: TrainConfig, initial: int, *, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=cfg.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
 

@@ -138,7 +138,7 @@ def test_time_budget_keeps_the_schedule_on_the_clock():
 
 
 def test_wider_models_train_at_proportionally_smaller_rates():
-    from lmforge.eval.compare import training_settings
+    from lmforge.runs.compare import training_settings
     from lmforge.models.registry import preset_config
 
     small, medium = (training_settings(preset_config(n)) for n in ("gpt-char-small", "gpt-char-medium"))

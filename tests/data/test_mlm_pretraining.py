@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.data.collate import (IGNORE_INDEX, MLMCollator, PretrainingExamples, PretrainingLoader,
-                                  iter_pretraining_eval_batches)
+from lmforge.data.collate import IGNORE_INDEX
+from lmforge.data.masking import MLMCollator
+from lmforge.data.mlm_pretraining import PretrainingExamples, PretrainingLoader, iter_pretraining_eval_batches
 from lmforge.data.tokenizers import Tokenizer, train_tokenizer
 from lmforge.errors import CheckpointError, ConfigError
 

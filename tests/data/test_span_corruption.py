@@ -1,13 +1,13 @@
 """T5 span corruption against the reference algorithm (HF's port of T5's `random_spans_noise_mask`),
 hand-worked examples, statistics over many draws and an independent reconstruction of the text; the
-loaders' determinism, rank slicing and exact resume; tokenizer sentinels."""
+loader's determinism, rank slicing and exact resume; tokenizer sentinels."""
 import numpy as np
 import pytest
 import torch
 
-from lmforge.data.collate import (IGNORE_INDEX, Seq2SeqLoader, SpanCorruptionLoader, collate_seq2seq, corrupt_spans,
-                                  iter_span_corruption_eval_batches, random_spans_noise_mask, sentinel_ids,
-                                  shift_right, span_corruption_lengths)
+from lmforge.data.collate import IGNORE_INDEX
+from lmforge.data.span_corruption import (SpanCorruptionLoader, corrupt_spans, iter_span_corruption_eval_batches,
+                                          random_spans_noise_mask, sentinel_ids, span_corruption_lengths)
 from lmforge.data.tokenizers import Tokenizer, check_tokenizer_args, train_tokenizer
 from lmforge.errors import ConfigError, DataError
 
@@ -209,29 +209,3 @@ def test_eval_batches_are_fixed(tokenizer):
     assert sum(len(b["input_ids"]) for b in every) == len(tokens) // raw
     with pytest.raises(DataError, match="fewer than"):
         list(iter_span_corruption_eval_batches(tokens[:raw - 1], 40, 3, tokenizer=tokenizer, max_batches=1))
-
-
-def test_collate_seq2seq_pads_and_shifts():
-    batch = collate_seq2seq([([5, 6, 7], [8, 9]), ([5], [8, 9, 10, 11])], pad_id=0, decoder_start_id=2)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[8, 9, -100, -100], [8, 9, 10, 11]]
-    assert batch["decoder_input_ids"].tolist() == [[2, 8, 9, 0], [2, 8, 9, 10]]
-    assert shift_right(torch.tensor([[4, -100]]), 3, 0).tolist() == [[3, 4]]
-
-
-def test_seq2seq_loader_resume_and_ranks():
-    pairs = [(list(range(1, 2 + i % 5)), list(range(10, 12 + i % 3))) for i in range(30)]
-    kw = dict(pad_id=0, decoder_start_id=0, seed=3)
-    a = Seq2SeqLoader(pairs, 4, **kw)
-    a.next_batch()
-    b = Seq2SeqLoader(pairs, 4, **kw)
-    b.load_state_dict(a.state_dict())
-    x, y = a.next_batch(), b.next_batch()
-    assert all(torch.equal(x[k], y[k]) for k in x)
-    whole = Seq2SeqLoader(pairs, 4, **kw).next_batch()
-    halves = [Seq2SeqLoader(pairs, 2, rank=r, world_size=2, **kw).next_batch() for r in (0, 1)]
-    # Each rank pads its own rows: compare the real tokens.
-    for k in ("input_ids", "labels"):
-        rows = [row[row != (0 if k == "input_ids" else IGNORE_INDEX)].tolist() for h in halves for row in h[k]]
-        assert rows == [row[row != (0 if k == "input_ids" else IGNORE_INDEX)].tolist() for row in whole[k]]

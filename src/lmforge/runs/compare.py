@@ -34,9 +34,19 @@ import numpy as np
 import torch
 
 from lmforge.atomic import atomic_path, write_json_atomic, write_text_atomic
+from lmforge.config import ModelSpec, TrainConfig
+from lmforge.data.loaders import LMWindowLoader
+from lmforge.data.shards import load_dataset_meta, prepare_dataset
+from lmforge.device import resolve_device
 from lmforge.errors import ConfigError, DataError
+from lmforge.eval.perplexity import evaluate_perplexity
+from lmforge.models.registry import build_model, load_model, preset_config, traits_of
+from lmforge.runs.pretrain import model_config, pretrain
 from lmforge.train.budget import TimeBudget
+from lmforge.train.objectives import token_cross_entropy_sum
+from lmforge.train.optim import build_optimizer
 from lmforge.train.precision import autocast, cpu_has_native_bf16, resolve_precision
+from lmforge.train.trainer import read_metrics
 
 DEFAULT_MODELS = ("ngram-5", "rnn-small", "lstm-small", "gru-small", "gpt-char-small")
 
@@ -53,13 +63,18 @@ _TRAIN = {
 BATCH_SIZE = 16
 # Widths of the small presets those rates were tuned on (gpt-char-small, rnn/lstm/gru-small).
 _TUNED_WIDTH = {"gpt": 128, "rnn": 512, "lstm": 256, "gru": 320}
+# Kinds that train in bf16 on CPUs that compute it natively: twice the steps in the budget.
+_BF16_ON_CPU = {"gpt"}
 _NEVER = 10**9  # an interval that is never reached: evaluate and checkpoint only at the end
+
+
+def model_kind(cfg) -> str:
+    """The row label and tuning key of a model: its family, or its cell for recurrent models."""
+    return cfg.variant
 
 
 def parse_models(models) -> list[str]:
     """Model preset names from a list or a comma-separated string; unknown names raise ConfigError."""
-    from lmforge.models.registry import preset_config
-
     names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m and m.strip()]
     if not names:
         raise ConfigError("no models to compare", f"pass e.g. --models {','.join(DEFAULT_MODELS)}")
@@ -80,10 +95,6 @@ def compare(data: str, budget_seconds: float, out: str | Path, *, models=DEFAULT
     keeps the text byte for byte, so a single file splits into its first 90% / last 10%.
     Returns the JSON written to `out/compare.json`.
     """
-    from lmforge.api import prepare
-    from lmforge.data.shards import load_dataset_meta
-    from lmforge.models.registry import preset_config
-
     if not isinstance(budget_seconds, (int, float)) or not math.isfinite(budget_seconds) or budget_seconds <= 0:
         raise ConfigError(f"budget_seconds must be a positive number of seconds, got {budget_seconds}",
                           "pass e.g. --budget_seconds 60")
@@ -92,7 +103,7 @@ def compare(data: str, budget_seconds: float, out: str | Path, *, models=DEFAULT
     names = parse_models(models)
     for name in names:
         family = preset_config(name).to_dict()["family"]
-        if family not in ("gpt", "rnn", "ngram"):
+        if traits_of(family).structure != "decoder":
             raise ConfigError(f"model {name!r} is a {family} model, not a causal language model",
                               "compare n-gram, RNN/LSTM/GRU or GPT presets")
     out = Path(out)
@@ -104,7 +115,7 @@ def compare(data: str, budget_seconds: float, out: str | Path, *, models=DEFAULT
 
     data_dir = Path(data) if (Path(data) / "meta.json").is_file() else out / "data"
     if data_dir == out / "data" and not (data_dir / "meta.json").is_file():
-        prepare(data, data_dir, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, seed=seed,
+        prepare_dataset(data, data_dir, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, seed=seed,
                 clean=clean, overwrite=overwrite, progress=progress)
     meta = load_dataset_meta(data_dir)
     if not meta.get("val_chars"):
@@ -143,26 +154,22 @@ def _say(enabled: bool, text: str) -> None:
 
 def _train_and_score(name: str, data_dir: Path, run_dir: Path, meta: dict, budget: float, *, device: str,
                      seed: int, dropout: float) -> dict:
-    from lmforge.api import _model_config, pretrain
-    from lmforge.config import ModelSpec, TrainConfig
-    from lmforge.eval.perplexity import evaluate_perplexity
-    from lmforge.models.registry import load_model, preset_config
-
     spec = ModelSpec(preset=name)
-    family = preset_config(name).to_dict()["family"]
-    if family != "ngram" and dropout:
+    preset = preset_config(name)
+    counted = traits_of(preset).fitted_by_counting
+    if not counted and dropout:
         # Not on a transformer's attention probabilities: that forces SDPA off its fused kernels
         # and costs ~50% more time per step, which a fixed budget pays for in fewer steps.
-        spec = ModelSpec(preset=name, dropout=dropout, attention_dropout=0.0 if family == "gpt" else None)
-    cfg = _model_config(spec, meta)
-    if family == "ngram":
+        attention = 0.0 if "attention_dropout" in preset.to_dict() else None
+        spec = ModelSpec(preset=name, dropout=dropout, attention_dropout=attention)
+    cfg = model_config(spec, meta)
+    if counted:
         train = TrainConfig(progress=False, device=device, seed=seed)
         on_step = None
     else:
-        kind = cfg.cell if family == "rnn" else family
         settings = training_settings(cfg)
-        if kind == "gpt" and _device(device).type == "cpu" and cpu_has_native_bf16():
-            settings["precision"] = "bf16"  # twice the steps in the budget on CPUs that compute bf16 natively
+        if model_kind(cfg) in _BF16_ON_CPU and _device(device).type == "cpu" and cpu_has_native_bf16():
+            settings["precision"] = "bf16"
         base = TrainConfig(schedule="cosine", min_lr_ratio=0.1, device=device, seed=seed, progress=False, **settings)
         per_step = _seconds_per_step(cfg, data_dir, meta, base)
         steps = max(10, int(budget / per_step))
@@ -180,13 +187,13 @@ def _train_and_score(name: str, data_dir: Path, run_dir: Path, meta: dict, budge
     nats = scored["loss"] * scored["tokens"]
     ngrams = summary.get("ngrams")
     return {
-        "model": name, "family": family if family != "rnn" else cfg.cell,
+        "model": name, "family": model_kind(cfg),
         "parameters": int(summary.get("parameters") or 0), "ngrams": ngrams,
         "steps": summary["steps"], "tokens_seen": summary["tokens"],
         "train_seconds": summary.get("fit_seconds", summary["wall_seconds"]),
         "dropout": getattr(cfg, "dropout", None), "val_loss": scored["loss"],
         "val_bpc": nats / math.log(2) / meta["val_chars"],
-        "stop_reason": summary.get("stop_reason"), "lr": train.lr if family != "ngram" else None,
+        "stop_reason": summary.get("stop_reason"), "lr": None if counted else train.lr,
         "run_dir": str(run_dir),
     }
 
@@ -194,27 +201,19 @@ def _train_and_score(name: str, data_dir: Path, run_dir: Path, meta: dict, budge
 def training_settings(cfg) -> dict:
     """Optimizer settings for a GPT or recurrent model config: its family's (`_TRAIN`), with the rate
     scaled down for models wider than the small presets it was tuned on."""
-    family = cfg.to_dict()["family"]
-    kind = cfg.cell if family == "rnn" else family
-    width = cfg.n_embd if kind == "gpt" else cfg.hidden_size
+    kind = model_kind(cfg)
+    width = getattr(cfg, traits_of(cfg).width_field)
     settings = {"batch_size": BATCH_SIZE, **_TRAIN[kind]}
     settings["lr"] *= min(1.0, _TUNED_WIDTH[kind] / width)
     return settings
 
 
 def _device(name: str) -> torch.device:
-    from lmforge.device import resolve_device
-
     return resolve_device(name)
 
 
 def _seconds_per_step(cfg, data_dir: Path, meta: dict, train) -> float:
     """Seconds per optimizer step of a throwaway copy of the model, measured over a few steps."""
-    from lmforge.data.loaders import LMWindowLoader
-    from lmforge.models.registry import build_model
-    from lmforge.train.objectives import token_cross_entropy_sum
-    from lmforge.train.optim import build_optimizer
-
     device = _device(train.device)
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(model, train, device_type=device.type)
@@ -256,12 +255,10 @@ def _markdown(result: dict) -> str:
 
 
 def _plot(result: dict, out: Path, meta: dict) -> None:
-    import matplotlib
+    import matplotlib  # imported when a plot is drawn: it takes a second to load
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from lmforge.train.trainer import read_metrics
 
     rows = sorted(result["models"], key=lambda r: r["val_bpc"])
     # Training loss is in nats per token; this turns it into bits per character of training text.
@@ -276,7 +273,7 @@ def _plot(result: dict, out: Path, meta: dict) -> None:
     bars.set_title(f"{result['budget_seconds']:g} s per model")
     bars.tick_params(axis="x", rotation=30)
     for r in rows:
-        if r["family"] == "ngram":
+        if r.get("ngrams"):
             curves.axhline(r["val_bpc"], ls="--", color=color[r["model"]], label=f"{r['model']} (validation)")
             continue
         points = [(m["elapsed"], m["train_loss"] * per_char) for m in read_metrics(r["run_dir"])

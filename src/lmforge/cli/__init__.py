@@ -1,0 +1,220 @@
+"""`lmforge <verb> [--config recipe.yaml] [--section.key value ...]`: parsing only, the work is in lmforge.api.
+
+Errors a user can fix print `error: <what> — <how to fix>` on one line and exit with status 2
+(pass --debug for the traceback).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from argparse import ArgumentError
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+from jsonargparse import ArgumentParser
+
+import lmforge.api as api
+from lmforge.cli import parsers
+from lmforge.errors import ConfigError, LmforgeError
+from lmforge.infer.sampling import SamplingParams
+
+# A bare `--data X` / `--model X` names the section's main field (`--data.path X`, `--model.preset X`).
+SECTION_SHORTHANDS = {"pretrain": {"--data": "--data.path", "--model": "--model.preset"},
+                      "finetune": {"--data": "--data.train", "--model": "--model.init"}}
+
+
+
+
+def build_parser() -> ArgumentParser:
+    root = ArgumentParser(prog="lmforge", description=__doc__.splitlines()[0], exit_on_error=False)
+    root.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    verbs = root.add_subcommands(dest="verb", required=True)
+    for name, verb in VERBS.items():
+        p = verb.parser()
+        verbs.add_subcommand(name, p, help=verb.help)
+        if verb.subcommands is not None:
+            verb.subcommands(p)
+    return root
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Accept dashes in option names (`--max-new-tokens`) and the bare section shorthands."""
+    out, verb = [], next((a for a in argv if not a.startswith("-")), None)
+    shorthands = SECTION_SHORTHANDS.get(verb, {})
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            name = "--" + name[2:].replace("-", "_")
+            if name in shorthands and (eq or (i + 1 < len(argv) and not argv[i + 1].startswith("--"))):
+                name = shorthands[name]
+            arg = name + eq + value
+        out.append(arg)
+    return out
+
+
+def _prepare(args, sections) -> None:
+    meta = api.prepare(args.data, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                       val_fraction=args.val_fraction, seed=args.seed, text_field=args.text_field,
+                       column=args.column, clean=args.clean, overwrite=args.overwrite, extra_ids=args.extra_ids)
+    print(f"wrote {args.out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
+          f"vocab {meta['vocab_size']:,} ({meta['tokenizer']})")
+
+
+def _pretrain(args, sections) -> None:
+    summary = api.pretrain(sections.data, sections.model, out=args.out, train=sections.train,
+                           objective=args.objective, resume=args.resume, init_from=args.init_from)
+    if summary.get("val_loss") is not None:
+        ppl = f", val ppl {summary['val_ppl']:.2f}" if summary.get("val_ppl") is not None else ""
+        print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}{ppl} -> {args.out}")
+
+
+def _finetune(args, sections) -> None:
+    summary = api.finetune(args.task, data=sections.data, model=sections.model, method=sections.method,
+                           train=sections.train, balance=sections.balance, augment=sections.augment,
+                           decode=sections.decode, out=args.out, resume=args.resume)
+    metric = summary.get("main_metric")
+    shown = f", {metric} {summary[metric]:.4f}" if summary.get(metric) is not None else ""
+    print(f"done: {summary['steps']} steps, val loss {summary.get('val_loss') or float('nan'):.4f}{shown} "
+          f"-> {args.out}")
+
+
+def _predict(args, sections) -> None:
+    count = api.predict(args.model, args.input, output=args.output, format=args.format,
+                        batch_size=args.batch_size, device=args.device)
+    if args.output != "-":
+        print(f"wrote {count} predictions to {args.output}", file=sys.stderr)
+
+
+def _generate(args, sections) -> None:
+    sampling = _sampling_from(args)
+    prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
+    model, tokenizer = api.load(args.model, device=args.device)
+    if not args.no_stream:
+        api.stream(model, tokenizer, prompts, compile=args.compile, **sampling)
+        return
+    for prompt, samples in zip(prompts, api.generate(model, prompts, tokenizer=tokenizer, compile=args.compile,
+                                                     **sampling)):
+        for text in samples:
+            print(prompt + text)
+
+
+def _chat(args, sections) -> None:
+    api.chat(args.model, system=args.system, device=args.device, **_sampling_from(args))
+
+
+def _serve(args, sections) -> None:
+    keys = args.api_key or [k for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k.strip()]
+    api.serve(args.model, host=args.host, port=args.port, api_keys=[k.strip() for k in keys],
+              task_models=_task_models(args.task_model), max_slots=args.max_slots, log_level=args.log_level,
+              max_num_batched_tokens=args.max_num_batched_tokens, max_prompt_tokens=args.max_prompt_tokens,
+              max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
+              max_concurrent=args.max_concurrent, request_timeout=args.request_timeout,
+              model_name=args.model_name, dtype=args.dtype, device=args.device)
+
+
+def _demo(args, sections) -> None:
+    api.demo(args.out, max_seconds=args.max_seconds)
+
+
+def _compare(args, sections) -> None:
+    api.compare(args.data, args.budget_seconds, args.out, models=args.models, tokenizer=args.tokenizer,
+                vocab_size=args.vocab_size, clean=args.clean, dropout=args.dropout, device=args.device,
+                overwrite=args.overwrite)
+    print((Path(args.out) / "compare.md").read_text())
+
+
+def _convert(args, sections) -> None:
+    print(api.describe_conversion(api.convert(args.src, args.dst, to=args.to, overwrite=args.overwrite)))
+
+
+def _presets(args, sections) -> None:
+    for name, n in api.presets().items():
+        print(f"{name:14s} {n / 1e6:10.1f}M parameters")
+
+
+def _eval(args, sections) -> None:
+    q = args.perplexity
+    result = api.evaluate_perplexity(q.model, q.data, stride=q.stride, batch_size=q.batch_size, device=q.device)
+    print(json.dumps(result))
+
+
+@dataclass(frozen=True)
+class Verb:
+    parser: Callable[[], ArgumentParser]
+    run: Callable      # (the verb's parsed arguments, its instantiated config sections) -> None
+    help: str
+    subcommands: Callable[[ArgumentParser], None] | None = None
+
+
+VERBS: dict[str, Verb] = {
+    "prepare": Verb(parsers.prepare_parser, _prepare, "prepare a dataset"),
+    "pretrain": Verb(parsers.pretrain_parser, _pretrain, "pretrain a model"),
+    "finetune": Verb(parsers.finetune_parser, _finetune, "fine-tune for an application"),
+    "predict": Verb(parsers.predict_parser, _predict, "predict with a fine-tuned model"),
+    "generate": Verb(parsers.generate_parser, _generate, "sample continuations of prompts"),
+    "chat": Verb(parsers.chat_parser, _chat, "interactive chat loop"),
+    "serve": Verb(parsers.serve_parser, _serve, "serve a model over HTTP (OpenAI-compatible API and playground)"),
+    "demo": Verb(parsers.demo_parser, _demo, "prepare -> pretrain -> perplexity -> samples"),
+    "compare": Verb(parsers.compare_parser, _compare, "compare model families at equal training time"),
+    "convert": Verb(parsers.convert_parser, _convert, "convert to or from Hugging Face transformers"),
+    "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
+    "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
+}
+
+
+def run(argv: list[str]) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(normalize_argv(argv))
+    sections = parser.instantiate(ns)[ns.verb] if ns.verb in ("pretrain", "finetune") else None
+    VERBS[ns.verb].run(ns[ns.verb], sections)
+    return 0
+
+
+def _task_models(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        name, eq, run_dir = pair.partition("=")
+        if not eq or not name.strip() or not run_dir.strip():
+            raise ConfigError(f"--task_model {pair!r} is not NAME=RUN",
+                              "pass e.g. --task_model classify=runs/sentiment")
+        out[name.strip()] = run_dir.strip()
+    return out
+
+
+def _sampling_from(args) -> dict:
+    """The sampling options of a verb, checked now: a bad value is reported before a model is loaded."""
+    sampling = {f.name: args[f.name] for f in fields(SamplingParams)}
+    SamplingParams(**sampling)
+    return sampling
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("LMFORGE_DEBUG") == "1"
+    try:
+        code = run(argv)
+    except LmforgeError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except Exception as e:
+        if debug:
+            raise
+        if isinstance(e, ArgumentError) or type(e).__name__ in ("ArgumentError", "ParserError"):
+            message = " ".join(str(e).split())
+            print(f"error: {message} — see `lmforge {_verb(argv)}--help`", file=sys.stderr)
+            code = 2
+        else:
+            raise
+    sys.exit(code)
+
+
+def _verb(argv: list[str]) -> str:
+    words = [a for a in argv if not a.startswith("-")][:1]
+    return f"{words[0]} " if words else ""
