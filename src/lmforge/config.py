@@ -300,6 +300,8 @@ class DecodeConfig:
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0        # > 0: never repeat an n-gram of this size within an output
+    min_new_tokens: int = 0              # no end-of-text before this many tokens
     seed: int = 0
     eval_examples: int | None = None     # validation examples generated for the metrics (None: the task's default)
 
@@ -309,6 +311,14 @@ class DecodeConfig:
         _check(self.num_beams >= 1, f"decode.num_beams must be >= 1, got {self.num_beams}", "pass --decode.num_beams 4")
         _check(self.max_new_tokens >= 1, f"decode.max_new_tokens must be >= 1, got {self.max_new_tokens}",
                "pass --decode.max_new_tokens 64")
+        _check(self.repetition_penalty > 0, f"decode.repetition_penalty must be > 0, got {self.repetition_penalty}",
+               "pass 1.0 for no penalty or e.g. --decode.repetition_penalty 1.2")
+        _check(self.no_repeat_ngram_size >= 0,
+               f"decode.no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}",
+               "pass 0 to allow repeats or e.g. --decode.no_repeat_ngram_size 3")
+        _check(0 <= self.min_new_tokens <= self.max_new_tokens,
+               f"decode.min_new_tokens must be between 0 and decode.max_new_tokens ({self.max_new_tokens}), "
+               f"got {self.min_new_tokens}", "pass e.g. --decode.min_new_tokens 8")
 
 
 def to_yaml(sections: dict) -> str:

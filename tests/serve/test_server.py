@@ -107,6 +107,19 @@ def test_greedy_completion_equals_reference_generate(server, gpt_run):
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens > r.usage.prompt_tokens
 
 
+def test_generation_rules_reach_the_engine_like_reference_generate(server, gpt_run):
+    # no_repeat_ngram_size and min_tokens (vLLM's name) are extensions, passed through to the engine.
+    prompt, n = "The quick brown", 24
+    rules = {"no_repeat_ngram_size": 2, "min_tokens": 20}
+    r = _client(server).completions.create(model=MODEL, prompt=prompt, max_tokens=n, temperature=0, extra_body=rules)
+    [expected] = [texts[0] for texts in lf.generate(str(gpt_run), [prompt], temperature=0.0, max_new_tokens=n,
+                                                    no_repeat_ngram_size=2, min_new_tokens=20)]
+    assert r.choices[0].text == expected
+    err = _assert_error(httpx.post(server.url + "/v1/completions",
+                                   json={"model": MODEL, "prompt": "x", "max_tokens": 5, "min_tokens": 9}), 400)
+    assert "min_new_tokens" in err["message"]
+
+
 def test_several_prompts_give_one_choice_each(server, gpt_run):
     prompts = ["Pack my", "hello"]
     r = _client(server).completions.create(model=MODEL, prompt=prompts, max_tokens=12, temperature=0)
@@ -226,8 +239,9 @@ def test_concurrency_limit_and_request_timeout(secured):
     first: dict = {}
 
     def long_request():
+        # min_tokens: a sampled end-of-text must not finish this request before the timeout does.
         first["response"] = httpx.post(secured.url + "/v1/completions", headers=auth, timeout=30,
-                                       json={"model": MODEL, "prompt": "The", "max_tokens": 60})
+                                       json={"model": MODEL, "prompt": "The", "max_tokens": 60, "min_tokens": 60})
 
     try:
         t = threading.Thread(target=long_request)

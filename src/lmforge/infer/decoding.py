@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.infer.compiled import CompiledDecoder
-from lmforge.infer.sampling import SamplingParams, apply_repetition_penalty, sample_next
+from lmforge.infer.sampling import SamplingParams, apply_repetition_penalty, ban_repeated_ngrams, sample_next
 from lmforge.infer.stops import has_stop
 
 StreamFn = Callable[[int, int], None]
@@ -37,7 +37,7 @@ def decode_rows(model: nn.Module, rows: list[list[int]], params: SamplingParams,
     steps = min(params.max_new_tokens, model.config.block_size - P)
     pad = _pad_id(tokenizer, eos_id)
     batch = _left_pad(rows, steps, pad, device)
-    sampler = _Sampler(params, batch, rows, device)
+    sampler = _Sampler(params, batch, rows, device, eos_id)
     tracker = _FinishTracker(len(rows), steps, eos_id, params.stop, tokenizer, stream, device)
     forward = _Forward(model, batch, rows, use_cache, compiled_step)
 
@@ -95,10 +95,14 @@ def _left_pad(rows: list[list[int]], steps: int, pad: int, device: torch.device)
 class _Sampler:
     """Picks each step's tokens with the sampling rules, one seeded generator for the whole batch."""
 
-    def __init__(self, params: SamplingParams, batch: _PaddedBatch, rows: list[list[int]], device: torch.device):
-        self.params = params
+    def __init__(self, params: SamplingParams, batch: _PaddedBatch, rows: list[list[int]], device: torch.device,
+                 eos_id: int | None):
+        self.params, self.eos_id = params, eos_id
         # (B, P + steps) tokens seen so far, for the repetition penalty.
         self.history = _penalty_history(batch, rows) if params.repetition_penalty != 1.0 else None
+        # Each row's real tokens (no pads), for the n-gram rule.
+        self.tokens = [list(r) for r in rows] if params.no_repeat_ngram_size else None
+        self.generated = 0
         self.generator = None
         if params.seed is not None:
             self.generator = torch.Generator(device=device)
@@ -110,11 +114,20 @@ class _Sampler:
         scores = logits[:, -1]
         if self.history is not None:
             scores = apply_repetition_penalty(scores, self.history[:, :filled], p.repetition_penalty)
+        if self.tokens is not None:
+            scores = ban_repeated_ngrams(scores, self.tokens, p.no_repeat_ngram_size)
+        if self.generated < p.min_new_tokens and self.eos_id is not None:
+            scores = scores.clone()
+            scores[:, self.eos_id] = float("-inf")
         return sample_next(scores, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, generator=self.generator)
 
     def record(self, tokens: torch.Tensor, column: int) -> None:
         if self.history is not None:
             self.history[:, column] = tokens
+        if self.tokens is not None:
+            for row, token in zip(self.tokens, tokens.tolist()):
+                row.append(token)
+        self.generated += 1
 
 
 def _penalty_history(batch: _PaddedBatch, rows: list[list[int]]) -> torch.Tensor:

@@ -119,7 +119,7 @@ class Engine:
         self.cache = SlotKVCache.for_model(model, max_slots, max_len)
         self.scheduler = Scheduler(self.cache, max_num_batched_tokens=max_num_batched_tokens, context_len=block,
                                    chunked_prefill=chunked_prefill)
-        self.runner = ModelRunner(model, self.cache, pad_id=pad)
+        self.runner = ModelRunner(model, self.cache, pad_id=pad, eos_id=self.eos_id)
         self.vocab_size = model.config.vocab_size
         self._ids = itertools.count()
         self._pending: list[RequestOutput] = []      # abort outputs not yet returned by step()

@@ -10,7 +10,8 @@ one forward pass and the prefills as another. All decodes always run together.
 
 Each row that reaches its last token gets a next token sampled with its own request's parameters
 and its own seeded generator, so a seeded request draws the same tokens whatever else is batched
-with it. Greedy rows without a repetition penalty share one batched argmax.
+with it. Greedy rows without rules that depend on their history (repetition penalty, no repeated
+n-gram, minimum length) share one batched argmax.
 """
 from __future__ import annotations
 
@@ -18,17 +19,18 @@ import torch
 import torch.nn as nn
 
 from lmforge.infer.kv_cache import SlotKVCache
-from lmforge.infer.sampling import apply_repetition_penalty, sample_next
+from lmforge.infer.sampling import apply_rules, sample_next
 from lmforge.infer.scheduler import ScheduledRequest, SchedulerOutput
 
 
 class ModelRunner:
     """Runs a decoder model over a `SlotKVCache` for the work one `schedule()` returns."""
 
-    def __init__(self, model: nn.Module, cache: SlotKVCache, *, pad_id: int = 0, max_padding_ratio: float = 2.0):
+    def __init__(self, model: nn.Module, cache: SlotKVCache, *, pad_id: int = 0, max_padding_ratio: float = 2.0,
+                 eos_id: int | None = None):
         self.model = model
         self.cache = cache
-        self.pad_id = pad_id
+        self.pad_id, self.eos_id = pad_id, eos_id  # eos: kept out of replies shorter than min_new_tokens
         self.max_padding_ratio = max_padding_ratio
         self.num_forwards = 0
 
@@ -76,8 +78,7 @@ class ModelRunner:
 
     def _sample(self, requests: list, logits: torch.Tensor) -> list[int]:
         out: list[int | None] = [None] * len(requests)
-        plain_greedy = [i for i, r in enumerate(requests)
-                        if r.params.temperature == 0 and r.params.repetition_penalty == 1.0]
+        plain_greedy = [i for i, r in enumerate(requests) if r.params.temperature == 0 and not r.params.has_rules]
         if plain_greedy:
             picked = logits[plain_greedy].argmax(dim=-1).tolist()
             for i, tok in zip(plain_greedy, picked):
@@ -87,9 +88,10 @@ class ModelRunner:
                 continue
             p = r.params
             scores = logits[i:i + 1]
-            if p.repetition_penalty != 1.0:
-                history = torch.tensor([r.token_ids()], dtype=torch.long, device=scores.device)
-                scores = apply_repetition_penalty(scores, history, p.repetition_penalty)
+            if p.has_rules:
+                scores = apply_rules(scores, [r.token_ids()], [len(r.output_ids)], eos_id=self.eos_id,
+                                     repetition_penalty=p.repetition_penalty,
+                                     no_repeat_ngram_size=p.no_repeat_ngram_size, min_new_tokens=p.min_new_tokens)
             out[i] = int(sample_next(scores, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
                                      generator=r.generator))
         return out

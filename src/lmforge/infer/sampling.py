@@ -1,8 +1,9 @@
 """Turning next-token logits into tokens: pure functions over (B, V) tensors.
 
-Order of operations in `sample_next` follows the usual convention (CTRL, HF):
-repetition penalty -> temperature -> top-k -> top-p -> sample. Filtered entries
-are set to -inf so that softmax gives them exactly zero probability.
+Order of operations follows the usual convention (CTRL, HF): the rules that depend on what was
+already generated (`apply_rules`: repetition penalty -> no repeated n-gram -> minimum length), then
+`sample_next`: temperature -> top-k -> top-p -> sample. Filtered entries are set to -inf so that
+softmax gives them exactly zero probability.
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ class SamplingParams:
     """How to pick tokens and when to stop.
 
     temperature 0 means greedy decoding; top_k None or 0 and top_p 1.0 disable those filters;
-    repetition_penalty 1.0 disables the penalty. `stop` strings end a reply (they are not
+    repetition_penalty 1.0 disables the penalty. `no_repeat_ngram_size` n > 0 never generates an
+    n-gram the sequence already holds (0 disables it); `min_new_tokens` keeps the end-of-text token
+    out until that many tokens are generated. `stop` strings end a reply (they are not
     included in it). `seed` makes sampling reproducible. `num_samples` completions per prompt.
     """
 
@@ -31,6 +34,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     num_samples: int = 1
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -53,6 +58,67 @@ class SamplingParams:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}", "pass e.g. 1")
         if any(not s for s in self.stop):
             raise ConfigError("stop strings must not be empty", "remove the empty stop string")
+        check_generation_rules(self.no_repeat_ngram_size, self.min_new_tokens, self.max_new_tokens)
+
+    @property
+    def has_rules(self) -> bool:
+        """Whether any rule depends on the tokens generated so far (see `apply_rules`)."""
+        return self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0 or self.min_new_tokens > 0
+
+
+def check_generation_rules(no_repeat_ngram_size: int, min_new_tokens: int, max_new_tokens: int) -> None:
+    if no_repeat_ngram_size < 0:
+        raise ConfigError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}",
+                          "pass 0 to allow repeats or e.g. 3")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise ConfigError(f"min_new_tokens must be between 0 and max_new_tokens ({max_new_tokens}), "
+                          f"got {min_new_tokens}", "pass e.g. 8")
+
+
+def banned_ngram_tokens(tokens: Sequence[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram `tokens` already contains (HF's `no_repeat_ngram_size`)."""
+    if n <= 0 or len(tokens) < n:
+        return set()
+    if n == 1:
+        return set(tokens)
+    tokens = list(tokens)
+    tail = tokens[len(tokens) - n + 1:]
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i:i + n - 1] == tail}
+
+
+def ban_repeated_ngrams(logits: torch.Tensor, histories: Sequence[Sequence[int]], n: int) -> torch.Tensor:
+    """`logits` (B, V) with -inf at every token that would repeat an n-gram of its row's history."""
+    if n <= 0:
+        return logits
+    rows, cols = [], []
+    for row, tokens in enumerate(histories):
+        banned = banned_ngram_tokens(tokens, n)
+        rows += [row] * len(banned)
+        cols += sorted(banned)
+    if not rows:
+        return logits
+    logits = logits.clone()
+    logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)] = float("-inf")
+    return logits
+
+
+def apply_rules(logits: torch.Tensor, histories: Sequence[Sequence[int]], generated: Sequence[int], *,
+                repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_new_tokens: int = 0,
+                eos_id: int | None = None) -> torch.Tensor:
+    """The rules that depend on what each row holds so far, on `logits` (B, V).
+
+    `histories[b]` is the token sequence row b continues (what the penalty and the n-gram rule look
+    at: prompt + generated for decoders, the generated target for encoder-decoders); `generated[b]`
+    how many tokens row b has generated (the minimum length counts these)."""
+    if repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, histories, repetition_penalty)
+    logits = ban_repeated_ngrams(logits, histories, no_repeat_ngram_size)
+    if min_new_tokens and eos_id is not None:
+        short = torch.tensor([g < min_new_tokens for g in generated], device=logits.device)
+        if bool(short.any()):
+            logits = logits.clone()
+            logits[short, eos_id] = float("-inf")
+    return logits
 
 
 def apply_repetition_penalty(logits: torch.Tensor, generated_ids: torch.Tensor | Sequence[Sequence[int]],

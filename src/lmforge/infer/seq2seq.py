@@ -7,10 +7,13 @@ the cache rows as beams are chosen.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
 from lmforge.errors import ConfigError
+from lmforge.infer.sampling import apply_rules
 
 
 def _check(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, num_beams: int) -> int:
@@ -28,16 +31,41 @@ def _check(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, num_b
     return max_new_tokens if cfg.position == "relative" else min(max_new_tokens, cfg.block_size)
 
 
+@dataclass(frozen=True)
+class TargetRules:
+    """Rules on the target generated so far (see `lmforge.infer.sampling.apply_rules`): a repetition
+    penalty, no repeated n-gram of this size (0: off), and no end-of-text before `min_new_tokens`."""
+
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0 or self.min_new_tokens > 0
+
+    def apply(self, logp: torch.Tensor, prefix: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+        """`logp` (R, V) of the token after each decoder `prefix` (R, 1 + generated) under the rules."""
+        if not self.active:
+            return logp
+        targets = prefix[:, 1:].tolist()  # the decoder start token is not part of the target
+        return apply_rules(logp, targets, [len(t) for t in targets], eos_id=eos_id,
+                           repetition_penalty=self.repetition_penalty,
+                           no_repeat_ngram_size=self.no_repeat_ngram_size, min_new_tokens=self.min_new_tokens)
+
+
 @torch.no_grad()
 def generate_seq2seq(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
                      attention_mask: torch.Tensor | None = None, eos_id: int | None = None, num_beams: int = 1,
-                     length_penalty: float = 1.0, use_cache: bool = True) -> list[list[int]]:
+                     length_penalty: float = 1.0, use_cache: bool = True,
+                     rules: TargetRules = TargetRules()) -> list[list[int]]:
     """Target token ids for each source row of `input_ids` (B, S) (decoder start and eos excluded).
 
     `attention_mask` (B, S) marks real source tokens. A row ends at `eos_id` or after
     `max_new_tokens`. `num_beams` > 1 runs beam search, ranking finished hypotheses by
     sum of log-probabilities / length ** `length_penalty` (length counts generated tokens,
-    eos included; 0 ranks by total log-probability, > 0 favours longer outputs).
+    eos included; 0 ranks by total log-probability, > 0 favours longer outputs). `rules` shape each
+    step's log-probabilities (every beam's) before the choice.
     `use_cache=False` re-decodes the whole prefix at every step: slow, kept as a reference.
     """
     max_new_tokens = _check(model, input_ids, max_new_tokens, num_beams)
@@ -45,9 +73,9 @@ def generate_seq2seq(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: 
     model.eval()
     try:
         if num_beams == 1:
-            return _greedy(model, input_ids, attention_mask, max_new_tokens, eos_id, use_cache)
+            return _greedy(model, input_ids, attention_mask, max_new_tokens, eos_id, use_cache, rules)
         return _beam_search(model, input_ids, attention_mask, max_new_tokens, eos_id, num_beams, length_penalty,
-                            use_cache)
+                            use_cache, rules)
     finally:
         model.train(was_training)
 
@@ -76,7 +104,7 @@ class _Decoder:
             self.cache.reorder(index)
 
 
-def _greedy(model, input_ids, attention_mask, max_new_tokens, eos_id, use_cache) -> list[list[int]]:
+def _greedy(model, input_ids, attention_mask, max_new_tokens, eos_id, use_cache, rules) -> list[list[int]]:
     B = input_ids.shape[0]
     hidden = model.encode(input_ids, attention_mask)  # (B, S, C)
     decoder = _Decoder(model, hidden, attention_mask, B, max_new_tokens, use_cache)
@@ -84,7 +112,7 @@ def _greedy(model, input_ids, attention_mask, max_new_tokens, eos_id, use_cache)
     out: list[list[int]] = [[] for _ in range(B)]
     running = [True] * B
     for _ in range(max_new_tokens):
-        token = decoder.log_probs(prefix).argmax(dim=-1)  # (B,)
+        token = rules.apply(decoder.log_probs(prefix), prefix, eos_id).argmax(dim=-1)  # (B,)
         for row, t in enumerate(token.tolist()):
             if running[row]:
                 if t == eos_id:
@@ -98,7 +126,7 @@ def _greedy(model, input_ids, attention_mask, max_new_tokens, eos_id, use_cache)
 
 
 def _beam_search(model, input_ids, attention_mask, max_new_tokens, eos_id, K, length_penalty,
-                 use_cache) -> list[list[int]]:
+                 use_cache, rules) -> list[list[int]]:
     B, device = input_ids.shape[0], input_ids.device
     hidden = model.encode(input_ids, attention_mask).repeat_interleave(K, dim=0)  # (B*K, S, C)
     mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)
@@ -114,7 +142,7 @@ def _beam_search(model, input_ids, attention_mask, max_new_tokens, eos_id, K, le
         return total / length ** length_penalty
 
     for step in range(1, max_new_tokens + 1):
-        logp = decoder.log_probs(prefix)  # (B*K, V)
+        logp = rules.apply(decoder.log_probs(prefix), prefix, eos_id)  # (B*K, V)
         V = logp.shape[-1]
         candidates = (scores.reshape(-1, 1) + logp).view(B, K * V)
         top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # enough to refill K after eos picks

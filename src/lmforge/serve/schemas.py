@@ -1,7 +1,8 @@
 """Request bodies of the HTTP API, with the bounds every field must respect.
 
-The generation requests follow OpenAI's completions and chat completions bodies; `top_k` and
-`repetition_penalty` are accepted as extensions. Fields OpenAI defines but this server does not
+The generation requests follow OpenAI's completions and chat completions bodies; `top_k`,
+`repetition_penalty`, `no_repeat_ngram_size` and `min_tokens` (as vLLM names it) are accepted as
+extensions. Fields OpenAI defines but this server does not
 implement are accepted only at their neutral value, so a client relying on them gets a clear 400
 instead of a silently different answer. Unknown fields are ignored, as clients send extras.
 Limits that depend on the served model (prompt length, `max_tokens`) are checked by the server.
@@ -39,6 +40,8 @@ class _Sampling(_Body):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    no_repeat_ngram_size: int = Field(0, ge=0, le=64)
+    min_tokens: int = Field(0, ge=0)
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -129,7 +129,8 @@ class ChatTask(Task):
                               "pass --decode.num_beams 1 (and --decode.temperature > 0 to sample)")
         return SamplingParams(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p or 1.0,
                               repetition_penalty=d.repetition_penalty, max_new_tokens=d.max_new_tokens,
-                              stop=[TURN_STOP], seed=d.seed)
+                              stop=[TURN_STOP], seed=d.seed, no_repeat_ngram_size=d.no_repeat_ngram_size,
+                              min_new_tokens=d.min_new_tokens)
 
     def predict(self, model, examples, *, batch_size):
         lm = getattr(model, "backbone", model)

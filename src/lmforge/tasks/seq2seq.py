@@ -27,7 +27,7 @@ from lmforge.errors import ConfigError
 from lmforge.eval.generation import bleu, rouge
 from lmforge.infer.generate import generate
 from lmforge.infer.sampling import SamplingParams
-from lmforge.infer.seq2seq import generate_seq2seq
+from lmforge.infer.seq2seq import TargetRules, generate_seq2seq
 from lmforge.parallel import unwrap
 from lmforge.tasks.base import LengthGroupedLoader, Task, to_device
 from lmforge.tasks.registry import register_task
@@ -153,13 +153,18 @@ class Seq2SeqTask(Task):
             chunk = [features[i] for i in rows]
             if not self.decoder_only:
                 batch = to_device(self.collate(chunk), model)
+                rules = TargetRules(repetition_penalty=decode.repetition_penalty,
+                                    no_repeat_ngram_size=decode.no_repeat_ngram_size,
+                                    min_new_tokens=decode.min_new_tokens)
                 ids = generate_seq2seq(backbone, batch["input_ids"], decode.max_new_tokens,
                                        attention_mask=batch["attention_mask"], eos_id=self.tokenizer.eos_id,
-                                       num_beams=decode.num_beams, length_penalty=decode.length_penalty)
+                                       num_beams=decode.num_beams, length_penalty=decode.length_penalty, rules=rules)
             else:
                 params = SamplingParams(temperature=decode.temperature, top_k=decode.top_k,
                                         top_p=decode.top_p or 1.0, repetition_penalty=decode.repetition_penalty,
-                                        max_new_tokens=decode.max_new_tokens, seed=decode.seed + start)
+                                        max_new_tokens=decode.max_new_tokens, seed=decode.seed + start,
+                                        no_repeat_ngram_size=decode.no_repeat_ngram_size,
+                                        min_new_tokens=decode.min_new_tokens)
                 ids = generate(backbone, [f["input_ids"] for f in chunk], params, eos_id=self.tokenizer.eos_id)
             for i, row in zip(rows, ids):
                 out[i] = list(row)

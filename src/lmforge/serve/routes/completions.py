@@ -51,7 +51,8 @@ def sampling_params(state: ServerState, body, max_tokens: int, prompt_ids: list[
             try:
                 p = SamplingParams(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
                                    repetition_penalty=body.repetition_penalty, max_new_tokens=max_tokens,
-                                   stop=stop, seed=seed)
+                                   stop=stop, seed=seed, no_repeat_ngram_size=body.no_repeat_ngram_size,
+                                   min_new_tokens=body.min_tokens)
             except ConfigError as e:
                 raise APIError(400, str(e), code="invalid_value") from None
             out.append(p)
