@@ -75,9 +75,12 @@ def stream(model, tokenizer, prompts: list[str], *, compile: bool = False, outpu
     params = SamplingParams(**sampling)
     if compile:
         check_compilable(model)  # before anything is written
-    for prompt in prompts:
+    total = len(prompts) * params.num_samples
+    for p, prompt in enumerate(prompts):
         for i in range(params.num_samples):
             seed = None if params.seed is None else params.seed + i
+            if total > 1:  # several completions are numbered, so that each one's start is visible
+                output.write(f"[{p * params.num_samples + i + 1}/{total}] ")
             output.write(prompt)
             stream_text(model, tokenizer, prompt, replace(params, num_samples=1, seed=seed), output=output,
                         compile=compile)

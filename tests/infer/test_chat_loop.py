@@ -61,3 +61,31 @@ def test_chat_loop_ends_on_eof(tok):
     model = build_model("debug", vocab_size=tok.vocab_size, block_size=64).eval()
     out = io.StringIO()
     assert chat_loop(model, tok, SamplingParams(max_new_tokens=4), input_fn=_script(), output=out) == []
+
+
+def test_a_seed_fixes_the_session_not_each_reply(tok, monkeypatch):
+    # Reseeding every turn gave two different messages nearly the same reply: reply i now draws
+    # with seed + i, and the same seed replays the same session.
+    import lmforge.infer.chat as chat
+
+    seeds = []
+    real = chat.stream_text
+
+    def recording(model, tokenizer, ids, params, **kw):
+        seeds.append(params.seed)
+        return real(model, tokenizer, ids, params, **kw)
+
+    monkeypatch.setattr(chat, "stream_text", recording)
+    torch.manual_seed(0)
+    model = build_model("debug", vocab_size=tok.vocab_size, block_size=64, init_std=0.2).eval()
+
+    def session(seed):
+        return chat_loop(model, tok, SamplingParams(seed=seed, max_new_tokens=10),
+                         input_fn=_script("hello there", "/reset", "hello there"), output=io.StringIO())
+
+    first = session(7)
+    assert seeds == [7, 8]
+    assert session(7) == first and seeds[2:] == [7, 8]
+    seeds.clear()
+    session(None)
+    assert seeds == [None, None]

@@ -16,12 +16,13 @@ CORPUS = ["The quick brown fox jumps over the lazy dog. " * 3, "User: hello ther
           "Pack my box with five dozen liquor jugs!"]
 
 
-def make_gpt_run(directory: Path) -> Path:
-    """A run directory (config.json, model.safetensors, tokenizer.json) holding a random 2-layer GPT."""
+def make_gpt_run(directory: Path, **overrides) -> Path:
+    """A run directory (config.json, model.safetensors, tokenizer.json) holding a random 2-layer GPT
+    (`overrides` change its config, e.g. block_size)."""
     tok = train_tokenizer("char", CORPUS, vocab_size=0)
     torch.manual_seed(0)
     # A larger init than training uses, so greedy decoding of a random model gives varied tokens.
-    model = build_model("debug", init_std=0.2, vocab_size=tok.vocab_size)
+    model = build_model("debug", init_std=0.2, vocab_size=tok.vocab_size, **overrides)
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, directory)
     tok.save(directory)

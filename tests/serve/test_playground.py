@@ -69,3 +69,19 @@ def test_chat_reply_streams_into_the_page(server, page):
     assert page.evaluate("window.__updates") > 3
     assert "done" in page.text_content("#status")
     assert page.is_hidden("#tasks-panel")
+
+
+def test_the_default_max_tokens_fits_the_server_and_the_first_message_gets_a_reply(tmp_path_factory, page):
+    # A 64-token context: the page's default of 128 new tokens would be refused with a 400.
+    run = make_gpt_run(tmp_path_factory.mktemp("short") / "tiny", block_size=64)
+    with LiveServer(create_app(run, model_name="short", max_slots=1)) as live:
+        page.goto(live.url + "/")
+        page.wait_for_function("document.getElementById('model-name').textContent.startsWith('short')")
+        default = int(page.input_value("#max-tokens"))
+        health = httpx.get(live.url + "/health").json()
+        assert 1 <= default <= min(health["max_tokens_limit"], health["context_length"] // 2)
+        page.fill("#message", "Hello")
+        page.click("#send")
+        page.wait_for_selector(".msg.assistant.done", timeout=30_000)
+        assert page.query_selector(".msg.error") is None
+        assert page.text_content("#status").startswith("done")

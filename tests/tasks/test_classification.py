@@ -222,6 +222,18 @@ def test_pipeline_and_cli_predict(sentiment, tmp_path, capsys):
         main(["predict", "--model", str(run), "--input", str(sentiment / "dev.txt"), "--output", str(out)])
     assert exit_.value.code in (0, None)
     assert len(out.read_text().splitlines()) == 40
+    # Unlabelled lines: no first word may be taken for a label and dropped.
+    plain = ["awful dreadful plot", "lovely happy film", "superb"]
+    (tmp_path / "plain.txt").write_text("\n".join(plain) + "\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", str(run), "--input", str(tmp_path / "plain.txt"), "--output", str(out)])
+    assert "read as one unlabelled text" in capsys.readouterr().err
+    assert [json.loads(line) for line in out.read_text().splitlines()] == classify(plain)
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", str(run), "--input", str(tmp_path / "plain.txt"), "--output", str(out),
+              "--format", "text"])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == classify(plain)
 
 
 def test_finetune_cli_with_overrides(sentiment, tmp_path):

@@ -17,6 +17,7 @@ from jsonargparse import ArgumentParser
 
 import lmforge.api as api
 from lmforge.cli import parsers
+from lmforge.cli.hints import check_config_paths, option_hint
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.infer.sampling import SamplingParams
 
@@ -28,7 +29,8 @@ SECTION_SHORTHANDS = {"pretrain": {"--data": "--data.path", "--model": "--model.
 
 
 def build_parser() -> ArgumentParser:
-    root = ArgumentParser(prog="lmforge", description=__doc__.splitlines()[0], exit_on_error=False)
+    root = ArgumentParser(prog="lmforge", description=__doc__.splitlines()[0], exit_on_error=False,
+                          allow_abbrev=False)
     root.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     verbs = root.add_subcommands(dest="verb", required=True)
     for name, verb in VERBS.items():
@@ -91,13 +93,17 @@ def _generate(args, sections) -> None:
     sampling = _sampling_from(args)
     prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
     model, tokenizer = api.load(args.model, device=args.device)
-    if not args.no_stream:
+    if not (args.no_stream or args.json):
         api.stream(model, tokenizer, prompts, compile=args.compile, **sampling)
         return
-    for prompt, samples in zip(prompts, api.generate(model, prompts, tokenizer=tokenizer, compile=args.compile,
-                                                     **sampling)):
-        for text in samples:
-            print(prompt + text)
+    results = api.generate(model, prompts, tokenizer=tokenizer, compile=args.compile, **sampling)
+    if args.json:
+        for prompt, samples in zip(prompts, results):
+            print(json.dumps({"prompt": prompt, "samples": samples}, ensure_ascii=False))
+        return
+    texts = [prompt + text for prompt, samples in zip(prompts, results) for text in samples]
+    for i, text in enumerate(texts, 1):
+        print(f"[{i}/{len(texts)}] {text}" if len(texts) > 1 else text)
 
 
 def _chat(args, sections) -> None:
@@ -165,6 +171,7 @@ VERBS: dict[str, Verb] = {
 
 
 def run(argv: list[str]) -> int:
+    check_config_paths(argv)
     parser = build_parser()
     ns = parser.parse_args(normalize_argv(argv))
     sections = parser.instantiate(ns)[ns.verb] if ns.verb in ("pretrain", "finetune") else None
@@ -208,11 +215,17 @@ def main(argv: list[str] | None = None) -> None:
             raise
         if isinstance(e, ArgumentError) or type(e).__name__ in ("ArgumentError", "ParserError"):
             message = " ".join(str(e).split())
-            print(f"error: {message} — see `lmforge {_verb(argv)}--help`", file=sys.stderr)
+            hint = option_hint(message, _verb_parser(argv))
+            print(f"error: {message}{hint} — see `lmforge {_verb(argv)}--help`", file=sys.stderr)
             code = 2
         else:
             raise
     sys.exit(code)
+
+
+def _verb_parser(argv: list[str]):
+    words = [a for a in argv if not a.startswith("-")][:1]
+    return VERBS[words[0]].parser() if words and words[0] in VERBS else None
 
 
 def _verb(argv: list[str]) -> str:

@@ -13,7 +13,10 @@ from lmforge.runs.compare import DEFAULT_MODELS
 
 
 def verb_parser(description: str) -> ArgumentParser:
-    return ArgumentParser(description=description, exit_on_error=False, env_prefix="LMFORGE", default_env=False)
+    # No abbreviations: `--max_new_token` must not quietly mean `--max_new_tokens`, which a later option could
+    # change; a typo gets the closest real option instead (see lmforge.cli.hints).
+    return ArgumentParser(description=description, exit_on_error=False, env_prefix="LMFORGE", default_env=False,
+                          allow_abbrev=False)
 
 
 def sampling_arguments(p: ArgumentParser) -> None:
@@ -90,7 +93,10 @@ def generate_parser() -> ArgumentParser:
     p = verb_parser("Generate text from a trained run.")
     p.add_argument("--model", required=True, help="run directory")
     p.add_argument("--prompt", type=list[str] | str, default=[""], help="a prompt, or a JSON list of prompts")
-    p.add_argument("--no_stream", action="store_true", help="print whole samples instead of streaming tokens")
+    p.add_argument("--no_stream", action="store_true",
+                   help="print whole samples instead of streaming tokens, numbered [i/n] when there are several")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object per prompt: {"prompt": ..., "samples": [...]}')
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     p.add_argument("--compile", action="store_true",
                    help="CPU, GPT family: compile the decode step into one graph first (tens of seconds), "

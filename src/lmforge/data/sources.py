@@ -245,8 +245,22 @@ def _read_file(path: Path, text_field: str, column: str | None, *, explicit: boo
     return docs
 
 
+# Leading bytes of document formats people pass for text, and how to get the text out of each.
+_DOCUMENT_SIGNATURES = (
+    (b"%PDF", "a PDF document", "extract its text first (e.g. `pdftotext FILE.pdf FILE.txt`) and pass the .txt"),
+    (b"PK\x03\x04", "a zip archive (also .docx, .xlsx, .epub)",
+     "unpack it or save the document as plain text, and pass the text file"),
+    (b"{\\rtf", "an RTF document", "save it as plain text and pass the .txt"),
+    (b"\xd0\xcf\x11\xe0", "a legacy Office document (.doc, .xls)", "save it as plain text and pass the .txt"),
+    (b"\x1f\x8b", "a gzip-compressed file", "decompress it first (`gunzip FILE.gz`) and pass the result"),
+)
+
+
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
+    for signature, what, fix in _DOCUMENT_SIGNATURES:
+        if data.startswith(signature):
+            raise DataError(f"{path} is {what}, not text", fix)
     if b"\x00" in data:
         raise DataError(f"{path} is a binary file, not text", "convert it to UTF-8 text or leave it out of --data")
     try:

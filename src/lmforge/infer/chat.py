@@ -85,6 +85,7 @@ def chat_loop(model: nn.Module, tokenizer, params: SamplingParams, *, input_fn: 
     params = replace(params, num_samples=1, stop=list(dict.fromkeys([*params.stop, TURN_STOP])))
     budget = prompt_budget(model.config.block_size, params.max_new_tokens)
     turns: list[tuple[str, str]] = []
+    replies = 0
     output.write(f"({COMMANDS})\n")
     output.flush()
     while True:
@@ -106,8 +107,12 @@ def chat_loop(model: nn.Module, tokenizer, params: SamplingParams, *, input_fn: 
         ids = fit_prompt(tokenizer, turns, message, system, budget)
         output.write(f"{ASSISTANT} ")
         output.flush()
+        # The seed fixes the whole session, not each reply: reply i draws with seed + i, so replies
+        # differ from each other and the session is still reproducible.
+        turn = replace(params, seed=None if params.seed is None else params.seed + replies)
+        replies += 1
         # The template puts a space after "Assistant:"; the model usually produces it itself.
-        reply = stream_text(model, tokenizer, ids, params, output=_SkipLeadingSpace(output))
+        reply = stream_text(model, tokenizer, ids, turn, output=_SkipLeadingSpace(output))
         output.write("\n")
         output.flush()
         turns.append((message, reply.strip()))

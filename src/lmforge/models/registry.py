@@ -73,6 +73,20 @@ def list_presets() -> list[str]:
     return sorted(PRESETS)
 
 
+# Names users know from other toolkits and model hubs -> the preset of the same shape.
+PRESET_ALIASES = {
+    "gpt2": "gpt2-124m", "gpt2-small": "gpt2-124m", "gpt2-medium": "gpt2-355m", "gpt2-large": "gpt2-774m",
+    "gpt2-xl": "gpt2-1.5b", "bert-base-uncased": "bert-base", "bert-base-cased": "bert-base",
+    "bert-large-uncased": "bert-large", "bert-large-cased": "bert-large", "llama-2-7b": "llama-7b",
+    "llama2-7b": "llama-7b", "t5-v1.1-small": "t5-v1_1-small",
+}
+
+
+def resolve_preset(name: str) -> str:
+    """`name`, or the preset a known alias (`gpt2`, `bert-base-uncased`, ...) stands for."""
+    return name if name in PRESETS else PRESET_ALIASES.get(name.lower(), name)
+
+
 def _unknown_preset(name: str) -> ConfigError:
     close = difflib.get_close_matches(name, PRESETS, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
@@ -80,7 +94,8 @@ def _unknown_preset(name: str) -> ConfigError:
 
 
 def preset_config(name: str, **overrides):
-    """The config of preset `name` with `overrides` applied (validated)."""
+    """The config of preset `name` (or an alias of one) with `overrides` applied (validated)."""
+    name = resolve_preset(name)
     if name not in PRESETS:
         raise _unknown_preset(name)
     family, values = PRESETS[name]

@@ -11,6 +11,7 @@ predict`, `lmforge.pipeline` and the server all load it the same way. LoRA runs 
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,8 @@ def _build_job(cls: type[Task], settings: TaskSettings, start: StartConfig, trai
     loader = task.make_task_loader(train_features, train.batch_size, seed=train.seed, rank=dist.rank,
                                    world_size=dist.world_size)
     eval_batch = max(train.batch_size, 16)
+    if dist.is_main and train.progress:
+        print(_preamble(cls, source, examples, task.labels, train, sizes), flush=True)
     state.update(task=task, examples=examples, valid_features=valid_features, eval_batch=eval_batch, sizes=sizes,
                  source=source, loader=loader, last_eval={})
     recipe = {"task": cls.name, "data": data, "model": start, "method": method, "train": train,
@@ -138,6 +141,26 @@ def _build_job(cls: type[Task], settings: TaskSettings, start: StartConfig, trai
                       save_tokenizer=lambda d: tokenizer.save(d / "tokenizer.json"))
     job.evaluate = lambda m: _evaluate(m, job, state)
     return job
+
+
+def _preamble(cls: type[Task], source: str, examples: _Examples, labels: list[str], train: TrainConfig,
+              sizes: dict) -> str:
+    """What a fine-tuning run is about to do, printed before its progress bar."""
+    shown = ", ".join(labels[:8]) + (f" and {len(labels) - 8} more" if len(labels) > 8 else "")
+    lines = [f"finetune {cls.name}: {source}",
+             f"  examples: {len(examples.train):,} train / {len(examples.valid):,} validation"
+             + (f" ({examples.carved})" if examples.carved else ""),
+             f"  training: {train.max_steps:,} steps of {train.batch_size} examples, "
+             f"{sizes['trainable_parameters']:,} of {sizes['total_parameters']:,} parameters"]
+    if labels:
+        lines.insert(2, f"  labels: {len(labels)} ({shown})")
+    return "\n".join(lines)
+
+
+def unlearned_labels(figures: dict) -> list[str]:
+    """Labels (or entity types) present in the validation data that the model never got right (F1 0)."""
+    per = figures.get("per_label") or figures.get("per_type") or {}
+    return [name for name, row in per.items() if row.get("support") and not row.get("f1")]
 
 
 def _evaluate(model, job: TrainingJob, state: dict) -> dict:
@@ -166,6 +189,11 @@ def _finish(job: TrainingJob, summary: dict, cls: type[Task], state: dict, *, ru
         valid_split=examples.carved or data.valid, epochs=round(state["loader"].epoch, 3),
         main_metric=cls.main_metric, metrics=dict(figures), total_seconds=round(time.perf_counter() - t0, 3))
     summary[cls.main_metric] = figures.get(cls.main_metric)
+    missed = unlearned_labels(figures)
+    if missed:
+        print(f"warning: F1 is 0 on validation for {', '.join(missed)}: the model never predicts "
+              f"{'it' if len(missed) == 1 else 'them'} correctly (see per-label figures in summary.json; more steps, "
+              "balance.* or class weights may help)", file=sys.stderr, flush=True)
     return summary
 
 

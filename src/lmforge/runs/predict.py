@@ -42,7 +42,7 @@ def predict(model: str | Path, input: str, *, output: str = "-", format: str | N
         tmp.close()
         source = tmp.name
     try:
-        examples = task.read(source, require_labels=False)
+        examples = _read_inputs(task, source, input, chosen=bool(format))
         with torch.no_grad():
             answers = task.predict(net, examples, batch_size=batch_size)
     finally:
@@ -55,6 +55,26 @@ def predict(model: str | Path, input: str, *, output: str = "-", format: str | N
         with atomic_path(Path(output)) as tmp_out:
             Path(tmp_out).write_text(lines, encoding="utf-8")
     return len(answers)
+
+
+def _read_inputs(task: Task, source: str, name: str, *, chosen: bool) -> list[dict]:
+    """The examples of `source`. A classifier trained on `<label> <text>` lines also reads plain text:
+    when the format was not chosen and the first words are mostly not its labels, each line is one
+    unlabelled text (so no word of the input is taken for a label and dropped), and a note says so."""
+    if chosen or not task.labels or task.data.format not in ("label_text", "auto"):
+        return task.read(source, require_labels=False)
+    try:
+        examples = task.read(source, require_labels=False)
+    except DataError:
+        examples = None
+    labelled = examples is not None and all(e.get("label") is not None for e in examples)
+    if labelled and sum(str(e["label"]) in task.labels for e in examples) * 2 > len(examples):
+        return examples
+    shown = ", ".join(task.labels[:6]) + (", ..." if len(task.labels) > 6 else "")
+    print(f"note: the first words of {name} are not this run's labels ({shown}); each line is read as one "
+          "unlabelled text (pass --format label_text to read them as labels)", file=sys.stderr, flush=True)
+    task.data = replace(task.data, format="text")
+    return task.read(source, require_labels=False)
 
 
 class TaskPipeline:

@@ -52,6 +52,15 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> Path:
     return run_dir
 
 
+class NotAGeneratorError(ConfigError):
+    """A fine-tuned run whose head classifies, tags or extracts: it does not generate text."""
+
+    def __init__(self, run_dir: Path, task: str):
+        super().__init__(f"{run_dir} is a fine-tuned {task} model, which does not generate text",
+                         f"use `lmforge predict --model {run_dir}` or lmforge.pipeline")
+        self.run_dir, self.task = run_dir, task
+
+
 def is_task_model(model: nn.Module) -> bool:
     return isinstance(model, TaskModel)
 
@@ -65,8 +74,7 @@ def load(run_dir: str | Path, *, device: str = "cpu"):
     model = load_model(run_dir, device=device)
     if is_task_model(model):  # a fine-tuned run: generation uses its (adapter-merged) language model
         if model.config.head != "lm":
-            raise ConfigError(f"{run_dir} is a fine-tuned {model.config.task} model, which does not generate text",
-                              f"use `lmforge predict --model {run_dir}` or lmforge.pipeline")
+            raise NotAGeneratorError(run_dir, model.config.task)
         model = model.plain_backbone()
     model = prepare_for_inference(model)
     tokenizer = Tokenizer.load(run_dir)

@@ -23,7 +23,8 @@ from typing import AsyncIterator
 from fastapi import FastAPI
 
 from lmforge.infer.engine import Engine
-from lmforge.runs.rundir import load
+from lmforge.errors import ConfigError
+from lmforge.runs.rundir import NotAGeneratorError, load
 from lmforge.serve.config import ServeConfig
 from lmforge.serve.errors import install_error_handlers
 from lmforge.serve.middleware import Guard
@@ -60,7 +61,11 @@ def create_app(config: ServeConfig | str | Path, **settings) -> FastAPI:
 
 def load_state(config: ServeConfig) -> tuple[ServerState, object]:
     """(the state every handler shares, the generating model's tokenizer), with every model loaded."""
-    model, tokenizer = load(config.model, device=config.device)
+    try:
+        model, tokenizer = load(config.model, device=config.device)
+    except NotAGeneratorError as e:
+        raise ConfigError(e.what, f"serve it as a task route, `--task_model {e.task}={e.run_dir}`, beside a --model "
+                                  "that generates text (a pretrained GPT run or a chat fine-tune)") from None
     model = model.to(config.torch_dtype)
     engine = Engine(model, tokenizer, max_slots=config.max_slots, max_num_batched_tokens=config.batched_tokens())
     limits = config.limits(engine.scheduler.context_len)

@@ -1,4 +1,5 @@
-"""``label_text``: ``<label> <text>`` per line (SST-2's ``stsa.binary.*``, TREC's ``COARSE:fine question``)."""
+"""``label_text``: ``<label> <text>`` per line (SST-2's ``stsa.binary.*``, TREC's ``COARSE:fine question``);
+``text``: one unlabelled text per line (what a trained classifier is asked to label)."""
 from __future__ import annotations
 
 from lmforge.data.formats.options import Example
@@ -28,3 +29,9 @@ def read_label_text(file: TaskFile) -> list[Example]:
             )
         examples.append({"text": parts[1].strip(), "label": parts[0]})
     return examples
+
+
+@register_format("text", tasks=("classify",))
+def read_text_lines(file: TaskFile) -> list[Example]:
+    """Every non-blank line is one text, without a label. Never detected: asked for as `--format text`."""
+    return [{"text": line.strip(), "label": None} for _, line in file.lines(latin1_fallback=True) if line.strip()]
