@@ -218,6 +218,9 @@ class StartConfig:
     # unknown token, seen at least this many times, join the vocabulary with new embedding rows
     # (0: off). An English BERT vocabulary meeting Chinese text, for example.
     extend_vocab: int = 0
+    # Pretrained BERT-family starts: build an encoder-decoder whose encoder and decoder both start from
+    # it (cross-attention new), for translation and summarization ("BERT2BERT").
+    encoder_decoder: bool = False
 
     def __post_init__(self):
         v = self.extend_vocab

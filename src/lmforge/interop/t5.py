@@ -73,7 +73,8 @@ def t5_config_from_hf(hf: dict) -> T5Config:
 
 def t5_config_to_hf(cfg: T5Config) -> dict:
     check_ours(cfg, "t5", "T5ForConditionalGeneration", position="relative", norm="rmsnorm", norm_position="pre",
-               bias=False, scaled_attention=False, scale_embeddings=False)
+               bias=False, scaled_attention=False, scale_embeddings=False, segment_embedding=False,
+               embedding_norm=False)
     return {"vocab_size": cfg.vocab_size, "d_model": cfg.n_embd, "d_kv": cfg.head_dim, "d_ff": cfg.intermediate_size,
             "num_layers": cfg.n_layer, "num_decoder_layers": cfg.n_decoder_layer, "num_heads": cfg.n_head,
             "relative_attention_num_buckets": cfg.relative_buckets,

@@ -55,6 +55,8 @@ class T5Config(ModelConfig):
     scaled_attention: bool = False  # divide scores by sqrt(head_dim); T5 folds that factor into its init
     scale_embeddings: bool = False  # multiply embeddings by sqrt(n_embd) (Transformer)
     tie_embeddings: bool = True     # the output layer reuses the (shared encoder/decoder) embedding
+    segment_embedding: bool = False  # one learned vector added to every token before positions (BERT's segment 0)
+    embedding_norm: bool = False    # LayerNorm over the summed embeddings of each stack, as in BERT
     dropout: float = 0.0
     pad_token_id: int = 0
     decoder_start_token_id: int | None = None  # None = pad_token_id, as in T5
@@ -130,6 +132,9 @@ class Stack(nn.Module):
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         else:
             self.register_buffer("wpe_table", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
+        if cfg.segment_embedding:
+            self.wtt = nn.Parameter(torch.zeros(1, cfg.n_embd))  # (1, C)
+        self.ln_emb = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps) if cfg.embedding_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         n = cfg.n_decoder_layer if decoder else cfg.n_layer
         self.blocks = nn.ModuleList(Block(cfg, decoder=decoder) for _ in range(n))
@@ -150,11 +155,13 @@ class Stack(nn.Module):
         cfg = self.config
         if cfg.position != "relative" and S > cfg.block_size:
             raise ValueError(f"sequence of {S} tokens exceeds the model's context length {cfg.block_size}")
+        if cfg.segment_embedding:
+            x = x + self.wtt
         if cfg.position == "learned":
             x = x + self.wpe(torch.arange(past, S, device=x.device))
         elif cfg.position == "sinusoidal":
             x = x + self.wpe_table[past:S].to(x.dtype)
-        x = self.drop(x)
+        x = self.drop(self.ln_emb(x))
         mask = self._self_attention_mask(T, S, padding, x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, memory_kv=None if memory_kv is None else memory_kv[i], memory_mask=memory_mask,
@@ -241,6 +248,9 @@ class T5(nn.Module):
                 else:
                     nn.init.normal_(p, std=C ** -0.5)
             nn.init.normal_(self.wte.weight, std=self._embedding_std)
+            for stack in (self.encoder, self.decoder):
+                if cfg.segment_embedding:
+                    nn.init.zeros_(stack.wtt)
             for module in self.modules():
                 if isinstance(module, SelfAttention):
                     nn.init.normal_(module.qkv.weight[:inner], std=q_std)

@@ -12,6 +12,7 @@ from lmforge.data.tokenizers import Tokenizer, train_tokenizer
 from lmforge.data.vocabulary import add_characters, unknown_characters
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.models.registry import build_model, preset_config, resize_vocabulary, traits_of, with_dropout
+from lmforge.models.warm_start import encoder_decoder_from_encoder
 from lmforge.runs.rundir import load_pretrained, resolve_model_path
 from lmforge.tasks.base import Task
 
@@ -41,6 +42,9 @@ def check_start(start: StartConfig, task_cls: type[Task]) -> None:
         return
     if any(sep in start.init for sep in ("/", os.sep)):
         raise CheckpointError(f"model folder {start.init} does not exist", "pass a run directory or a preset name")
+    if start.encoder_decoder:
+        raise ConfigError("model.encoder_decoder warm-starts from a pretrained encoder, not a preset",
+                          "pass --model.init a BERT-family run or Hugging Face folder, or drop --model.encoder_decoder")
     family = preset_config(start.init).to_dict()["family"]  # unknown presets fail here
     if not task_cls.accepts(traits_of(family)):
         raise ConfigError(f"task {task_cls.name!r} cannot use a {family} model ({start.init})",
@@ -64,6 +68,9 @@ def load_start(start: StartConfig, task_cls: type[Task], train_texts: list[str],
     else:
         where = f"Hugging Face {raw.get('architectures', ['model'])[0]} from {path}"
     model, tokenizer, added = _adapt_pretrained(model, tokenizer, train_texts, start)
+    if start.encoder_decoder:
+        model = encoder_decoder_from_encoder(model)
+        added += ", warm-started as an encoder-decoder (cross-attention new)"
     return model.train(), tokenizer, where + added
 
 
