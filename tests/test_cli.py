@@ -229,3 +229,48 @@ def test_out_that_is_a_file_fails_up_front(verb, corpus, tmp_path):
     assert_user_error(lmforge(verb, *data, "--out", taken), f"--out {taken} is a file")
     assert_user_error(lmforge(verb, *data, "--out", taken / "inside"), "which is a file")
     assert taken.read_text() == "keep me"
+
+
+def test_a_mistyped_flag_gets_the_closest_one_and_abbreviations_are_refused(trained):
+    assert_user_error(lmforge("generate", "--model", trained, "--promt", "hi"), "--promt",
+                      "did you mean --prompt?")
+    # A prefix is not a flag: `--max_new_token` could mean something else once more flags exist.
+    assert_user_error(lmforge("generate", "--model", trained, "--max_new_token", "3"),
+                      "did you mean --max_new_tokens?")
+    assert_user_error(lmforge("pretrain", "--data", "x", "--train.max_step", "3", "--out", "unused"),
+                      "did you mean --train.max_steps?")
+
+
+def test_a_missing_recipe_names_the_recipes_that_exist(tmp_path):
+    assert_user_error(lmforge("finetune", "--config", tmp_path / "sst.yaml", "--out", tmp_path / "run"),
+                      f"config file {tmp_path / 'sst.yaml'} not found", "configs/finetune/sst2.yaml")
+
+
+def test_documents_passed_as_text_are_named(tmp_path):
+    pdf = tmp_path / "paper.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n")
+    assert_user_error(lmforge("prepare", "--data", pdf, "--out", tmp_path / "d"), "is a PDF document", "pdftotext")
+    docx = tmp_path / "notes.docx"
+    docx.write_bytes(b"PK\x03\x04" + bytes(40))
+    assert_user_error(lmforge("prepare", "--data", docx, "--out", tmp_path / "d"), "zip archive")
+
+
+def test_several_completions_are_numbered_and_json_gives_one_object_per_prompt(trained):
+    args = ["generate", "--model", trained, "--prompt", '["The quick", "A journey"]', "--num_samples", "2",
+            "--max_new_tokens", "5", "--seed", "0", "--temperature", "0.8"]
+    plain = lmforge(*args, "--no_stream")
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stdout.splitlines()
+    assert [line[:5] for line in lines if line.startswith("[")] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    rows = [json.loads(line) for line in lmforge(*args, "--json").stdout.splitlines()]
+    assert [r["prompt"] for r in rows] == ["The quick", "A journey"] and all(len(r["samples"]) == 2 for r in rows)
+    streamed = lmforge(*args)
+    assert streamed.stdout.count("[1/4] The quick") == 1 and "[4/4] A journey" in streamed.stdout
+
+
+def test_model_aliases_users_type_resolve_to_presets():
+    from lmforge.models.registry import preset_config
+
+    assert preset_config("gpt2") == preset_config("gpt2-small") == preset_config("gpt2-124m")
+    assert preset_config("bert-base-uncased") == preset_config("bert-base")
+    assert preset_config("gpt2-medium") == preset_config("gpt2-355m")

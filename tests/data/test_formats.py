@@ -269,7 +269,8 @@ def test_auto_format_matches_explicit_format(tmp_path, name, text, task, fmt):
 
 
 def test_formats_constant():
-    assert FORMATS == ("label_text", "tsv", "csv", "conll", "bmes", "squad", "parallel", "jsonl", "json", "alpaca")
+    assert FORMATS == ("label_text", "text", "tsv", "csv", "conll", "bmes", "squad", "parallel", "jsonl", "json",
+                       "alpaca")
 
 
 def test_read_options_object_and_keyword_overrides(tmp_path):

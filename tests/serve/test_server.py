@@ -332,3 +332,8 @@ def test_bfloat16_serving_equals_reference_generation_of_the_bfloat16_model(gpt_
     assert r.choices[0].text == expected
     with pytest.raises(ConfigError, match="dtype"):
         create_app(gpt_run, dtype="float16")
+
+
+def test_serving_a_classifier_as_the_generator_suggests_a_task_route(classify_run):
+    with pytest.raises(ConfigError, match=f"--task_model classify={classify_run}"):
+        create_app(classify_run)

@@ -380,3 +380,17 @@ def test_resumed_run_with_an_extended_vocabulary_ends_with_the_uninterrupted_wei
     a, b = _base_weights(tmp_path / "full"), _base_weights(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert load_model(cut).backbone.config.dropout == 0.0
+
+
+def test_finetune_says_what_it_will_do_and_warns_about_labels_never_predicted(sentiment, tmp_path, capsys):
+    from lmforge.runs.finetune import unlearned_labels
+
+    lf.finetune("classify", data=_data(sentiment), model=_small_start(), out=tmp_path / "run",
+                train=_train(max_steps=2, progress=True))
+    out = capsys.readouterr().out
+    assert "finetune classify: fresh bert-debug" in out
+    assert "240 train / 40 validation" in out and "labels: 2 (0, 1)" in out and "2 steps of 16" in out
+    figures = {"per_label": {"0": {"f1": 0.8, "support": 5}, "1": {"f1": 0.0, "support": 3},
+                             "2": {"f1": 0.0, "support": 0}}}
+    assert unlearned_labels(figures) == ["1"]  # a label absent from validation is not a failure
+    assert unlearned_labels({"per_type": {"PER": {"f1": 0.0, "support": 2}}}) == ["PER"]

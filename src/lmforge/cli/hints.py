@@ -35,13 +35,17 @@ def check_config_paths(argv: list[str]) -> None:
         else:
             continue
         if not Path(path).expanduser().is_file():
-            raise ConfigError(f"config file {path} not found", _recipes_hint())
+            raise ConfigError(f"config file {path} not found", _recipes_hint(path))
 
 
-def _recipes_hint() -> str:
+def _recipes_hint(given: str) -> str:
+    """The recipe nearest to `given` by name, then the others (as many as fit on a line)."""
     for root in _RECIPE_ROOTS:
         recipes = sorted(str(p) for p in root.rglob("*.yaml")) if root.is_dir() else []
         if recipes:
+            names = {Path(r).name: r for r in recipes}
+            close = difflib.get_close_matches(Path(given).name, list(names), n=1, cutoff=0.5)
+            first = f"did you mean {names[close[0]]}? " if close else ""
             shown = ", ".join(recipes[:6]) + (f" and {len(recipes) - 6} more" if len(recipes) > 6 else "")
-            return f"pass an existing YAML recipe, e.g. {shown}"
+            return f"{first}pass an existing YAML recipe, e.g. {shown}"
     return "pass the path of an existing YAML recipe"
