@@ -12,6 +12,7 @@ import torch
 
 from lmforge.atomic import atomic_path
 from lmforge.config import AugmentConfig
+from lmforge.data.formats import formats_for
 from lmforge.errors import ConfigError, DataError
 from lmforge.infer.generate import generate_text
 from lmforge.infer.sampling import SamplingParams
@@ -61,7 +62,8 @@ def _read_inputs(task: Task, source: str, name: str, *, chosen: bool) -> list[di
     """The examples of `source`. A classifier trained on `<label> <text>` lines also reads plain text:
     when the format was not chosen and the first words are mostly not its labels, each line is one
     unlabelled text (so no word of the input is taken for a label and dropped), and a note says so."""
-    if chosen or not task.labels or task.data.format not in ("label_text", "auto"):
+    plain_text_possible = "text" in formats_for(task.reader_task)  # classifiers: one text per line
+    if chosen or not plain_text_possible or not task.labels or task.data.format not in ("label_text", "auto"):
         return task.read(source, require_labels=False)
     try:
         examples = task.read(source, require_labels=False)
