@@ -1,37 +1,23 @@
 """The CLI end to end: a tiny prepare -> pretrain -> generate -> eval, and every bad input a user
 is likely to make: one `error:` line, exit status 2, no traceback, no half-written run directory."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from cli_run import assert_user_error, with_threads, write_corpus  # tests/cli_run.py
 
 TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
         "To be, or not to be, that is the question.\n") * 80
 
 
-def lmforge(*args, cwd=None, timeout=240):
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "lmforge.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
 
 
-def assert_user_error(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+lmforge = with_threads(2)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    (root / "corpus.txt").write_text(TEXT)
-    return root
+    return write_corpus(tmp_path_factory, "cli", TEXT)
 
 
 @pytest.fixture(scope="module")

@@ -94,74 +94,70 @@ def test_functions_are_short():
                     pytrace=False)
 
 
+def _no_stale_entries(allow_list: str, stale: list[str]) -> None:
+    if stale:
+        pytest.fail(f"{allow_list} entries that no longer apply (remove them): {', '.join(stale)}", pytrace=False)
+
+
 def test_long_function_allow_list_has_no_stale_entries():
     lengths = {f"{module}:{qualname}": node.end_lineno - node.lineno + 1
                for module, tree in _parsed() for qualname, node in _functions(tree)}
-    stale = [key for key in LONG_FUNCTIONS if lengths.get(key, 0) <= MAX_FUNCTION_LINES]
-    if stale:
-        pytest.fail(f"LONG_FUNCTIONS entries that are gone or short now (remove them): {', '.join(stale)}",
-                    pytrace=False)
+    _no_stale_entries("LONG_FUNCTIONS", [key for key in LONG_FUNCTIONS if lengths.get(key, 0) <= MAX_FUNCTION_LINES])
+
+
+def _imports_in_functions():
+    """(module:qualname, import node) of every import inside a function body; a nested function's imports
+    are reported under its own name, not again under the enclosing one."""
+    for module, tree in _parsed():
+        for qualname, function in _functions(tree):
+            nested = {id(n) for inner in ast.walk(function) if inner is not function
+                      and isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(inner)}
+            for node in ast.walk(function):
+                if id(node) not in nested and isinstance(node, (ast.Import, ast.ImportFrom)):
+                    yield f"{module}:{qualname}", node
 
 
 def _lazy_lmforge_imports() -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
-    for module, tree in _parsed():
-        for qualname, function in _functions(tree):
-            # Nested functions are reported under their own name, not again under the enclosing one.
-            nested = {id(n) for inner in ast.walk(function) if inner is not function
-                      and isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(inner)}
-            lines = [node.lineno for node in ast.walk(function)
-                     if id(node) not in nested and _is_lmforge_import(node)]
-            if lines:
-                found[f"{module}:{qualname}"] = lines
+    for place, node in _imports_in_functions():
+        if _is_lmforge_import(node):
+            found.setdefault(place, []).append(node.lineno)
     return found
 
 
-def test_lmforge_imports_are_at_module_top():
-    found = _lazy_lmforge_imports()
-    unexplained = {key: lines for key, lines in found.items() if key not in LAZY_LMFORGE_IMPORTS}
+def _check_against_allow_list(found: dict, allow_list: dict, name: str, problem: str, describe) -> None:
+    """Fail on what `found` holds beyond `allow_list` (and on allow-list entries nothing needs any more)."""
+    unexplained = {key: value for key, value in found.items() if key not in allow_list}
     if unexplained:
-        pytest.fail("lmforge imports inside functions (move them to the top of the module; a cycle means a "
-                    "module sits in the wrong layer): " + ", ".join(
-                        f"{key} (line {', '.join(map(str, sorted(lines)))})"
-                        for key, lines in sorted(unexplained.items())), pytrace=False)
-    stale = [key for key in LAZY_LMFORGE_IMPORTS if key not in found]
-    if stale:
-        pytest.fail(f"LAZY_LMFORGE_IMPORTS entries with no lazy import left (remove them): {', '.join(stale)}",
+        pytest.fail(f"{problem}: " + "; ".join(describe(key, value) for key, value in sorted(unexplained.items())),
                     pytrace=False)
+    _no_stale_entries(name, [key for key in allow_list if key not in found])
+
+
+def test_lmforge_imports_are_at_module_top():
+    _check_against_allow_list(
+        _lazy_lmforge_imports(), LAZY_LMFORGE_IMPORTS, "LAZY_LMFORGE_IMPORTS",
+        "lmforge imports inside functions (move them to the top of the module; a cycle means a module sits in "
+        "the wrong layer)", lambda key, lines: f"{key} (line {', '.join(map(str, sorted(lines)))})")
 
 
 def _lazy_imports() -> dict[str, set[str]]:
     """Top-level package -> the functions that import it inside their body (lmforge excluded)."""
     found: dict[str, set[str]] = {}
-    for module, tree in _parsed():
-        for qualname, function in _functions(tree):
-            for node in ast.walk(function):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                    names = [node.module or ""]
-                else:
-                    continue
-                for name in names:
-                    top = name.split(".")[0]
-                    if top != "lmforge":
-                        found.setdefault(top, set()).add(f"{module}:{qualname}")
+    for place, node in _imports_in_functions():
+        if isinstance(node, ast.ImportFrom) and node.level:
+            continue
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        for top in {name.split(".")[0] for name in names} - {"lmforge"}:
+            found.setdefault(top, set()).add(place)
     return found
 
 
 def test_lazy_imports_are_listed_with_a_reason():
-    found = _lazy_imports()
-    unlisted = {top: places for top, places in found.items() if top not in LAZY_IMPORTS}
-    if unlisted:
-        pytest.fail("imports inside functions (move them to the top of the module, or list a slow optional "
-                    "package in LAZY_IMPORTS with its reason): " + "; ".join(
-                        f"{top} in {', '.join(sorted(places))}" for top, places in sorted(unlisted.items())),
-                    pytrace=False)
-    stale = [top for top in LAZY_IMPORTS if top not in found]
-    if stale:
-        pytest.fail(f"LAZY_IMPORTS entries no function imports any more (remove them): {', '.join(stale)}",
-                    pytrace=False)
+    _check_against_allow_list(
+        _lazy_imports(), LAZY_IMPORTS, "LAZY_IMPORTS",
+        "imports inside functions (move them to the top of the module, or list a slow optional package in "
+        "LAZY_IMPORTS with its reason)", lambda top, places: f"{top} in {', '.join(sorted(places))}")
 
 
 def test_import_layers_hold():

@@ -25,6 +25,8 @@ from lmforge.interop import hf
 from lmforge.models.registry import (FAMILIES, PRESETS, build_model, config_from_dict, load_model, preset_config,
                                      save_model, traits_of)
 
+from decoding_checks import assert_cached_seq2seq_matches_full  # tests/models/decoding_checks.py
+
 SMALL_VOCAB = 128                 # every family's config has `vocab_size`; the others keep their preset values
 SMALL_PARAMETERS = 250_000        # the debug-sized presets: the whole battery stays a few seconds on a CPU
 WRAPPER_LABELS = ["negative", "neutral", "positive"]
@@ -228,17 +230,7 @@ def test_cached_seq2seq_decoding_matches_full_recompute(case):
     model = _small_model(case)
     mask = torch.ones(SOURCE.shape, dtype=torch.bool)
     mask[1, 8:] = False
-    dec = _ids((2, 9), seed=7)
-    with torch.no_grad():
-        full = model(SOURCE, mask, dec)  # (B, T, V)
-        encoded = model.encode(SOURCE, mask)
-        cache = model.new_kv_cache(2, 16)
-        steps = [model.decode(dec[:, :3], encoded, mask, kv_cache=cache)]  # a 3-token prefix, then one at a time
-        cache.advance(3)
-        for t in range(3, 9):
-            steps.append(model.decode(dec[:, t:t + 1], encoded, mask, kv_cache=cache))
-            cache.advance(1)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    assert_cached_seq2seq_matches_full(model, SOURCE, mask, _ids((2, 9), seed=7), rtol=1e-4)
     cached = generate_seq2seq(model, SOURCE, 8, attention_mask=mask)
     assert cached == generate_seq2seq(model, SOURCE, 8, attention_mask=mask, use_cache=False)
 

@@ -11,6 +11,8 @@ from lmforge.models.common.attention import use_naive_attention
 from lmforge.models.registry import build_model, load_model, preset_config, save_model
 from lmforge.models.t5 import T5, T5Config
 
+from decoding_checks import assert_cached_seq2seq_matches_full  # tests/models/decoding_checks.py
+
 ATOL = 1e-4
 
 
@@ -106,17 +108,7 @@ def test_cached_decoding_matches_full_recompute(variant):
     src = torch.randint(0, 97, (2, 11))
     mask = torch.ones(2, 11, dtype=torch.bool)
     mask[1, 8:] = False
-    dec = torch.randint(0, 97, (2, 9))
-    with torch.no_grad():
-        full = model(src, mask, dec)
-        enc = model.encode(src, mask)
-        cache = model.new_kv_cache(2, 16)
-        steps = [model.decode(dec[:, :3], enc, mask, kv_cache=cache)]  # a 3-token prefix, then one at a time
-        cache.advance(3)
-        for t in range(3, 9):
-            steps.append(model.decode(dec[:, t:t + 1], enc, mask, kv_cache=cache))
-            cache.advance(1)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert_cached_seq2seq_matches_full(model, src, mask, torch.randint(0, 97, (2, 9)), rtol=0)
 
 
 @pytest.mark.parametrize("variant", ["t5", "transformer"])

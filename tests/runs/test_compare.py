@@ -2,9 +2,6 @@
 text with a tiny budget, and the one-line errors for bad comparisons."""
 import json
 import math
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,31 +9,22 @@ import pytest
 
 from lmforge.train.budget import TimeBudget
 
+from cli_run import assert_user_error, with_threads, write_corpus  # tests/cli_run.py
+
 TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
         "To be, or not to be, that is the question.\n") * 60
 RUN_FILES = ("config.yaml", "tokenizer.json", "model.safetensors", "config.json", "metrics.jsonl", "summary.json",
              "plots/loss.png")
 
 
-def lmforge(*args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lmforge.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
-def assert_user_error(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+lmforge = with_threads(1)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("baselines")
-    (root / "corpus.txt").write_text(TEXT)
-    return root
+    return write_corpus(tmp_path_factory, "baselines", TEXT)
 
 
 @pytest.mark.parametrize("preset, extra", [("ngram-3", []), ("lstm-debug", ["--train.max_steps", "6",

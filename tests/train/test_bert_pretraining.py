@@ -2,9 +2,7 @@
 automatically), the run directory, the weights loaded back, bad objective/model/tokenizer combinations,
 and 2-process DDP with MLM alone (whose pooler and pair head get no gradient)."""
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,31 +13,22 @@ from safetensors.torch import load_file
 
 from conftest import free_port
 
+from cli_run import assert_user_error, with_threads, write_corpus  # tests/cli_run.py
+
 TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
         "To be, or not to be, that is the question. 天下大势，分久必合，合久必分。\n") * 60
 SMALL = ["--data.vocab_size", "300", "--train.batch_size", "4", "--train.seq_len", "32", "--train.eval_batches", "2",
          "--train.progress", "false", "--train.device", "cpu"]
 
 
-def lmforge(*args, timeout=240, launcher=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [*(launcher or [sys.executable, "-m"]), "lmforge.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def assert_user_error(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+lmforge = with_threads(1)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bert")
-    (root / "corpus.txt").write_text(TEXT)
-    return root
+    return write_corpus(tmp_path_factory, "bert", TEXT)
 
 
 @pytest.mark.parametrize("objective,pair_term", [("mlm+sop", "sop"), ("mlm+nsp", "nsp"), (None, None)])

@@ -2,13 +2,12 @@
 sentinels prepared automatically), the run directory and the weights loaded back, an interrupted run
 resumed to identical weights, and the bad combinations a user can ask for."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
+
+from cli_run import assert_user_error, with_threads, write_corpus  # tests/cli_run.py
 
 TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
         "To be, or not to be, that is the question.\n") * 80
@@ -16,25 +15,14 @@ SMALL = ["--data.vocab_size", "400", "--train.batch_size", "4", "--train.seq_len
          "--train.progress", "false", "--train.device", "cpu"]
 
 
-def lmforge(*args, timeout=240):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lmforge.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
-def assert_user_error(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+lmforge = with_threads(1)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("t5")
-    (root / "corpus.txt").write_text(TEXT)
-    return root
+    return write_corpus(tmp_path_factory, "t5", TEXT)
 
 
 def test_pretrain_writes_a_complete_run(corpus):
