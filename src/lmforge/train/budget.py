@@ -9,6 +9,7 @@ class TimeBudget:
     the remaining time at the rate measured so far, so the schedule's progress follows the
     fraction of the budget used even when the machine speeds up or slows down. Without it a
     `max_seconds` stop on a slow machine cuts a cosine schedule off while the rate is still high.
+    The run's stop reason is the time budget, since that is what set the number of steps.
     """
 
     def __init__(self, seconds: float, *, min_steps: int = 5):
@@ -21,3 +22,12 @@ class TimeBudget:
         rate = st.wall_seconds / st.step
         remaining = max(0.0, self.seconds - st.wall_seconds)
         trainer.cfg.max_steps = max(st.step + 1, st.step + int(remaining / rate))
+        trainer.stop_reason = "max_seconds"
+
+
+def each(*callbacks):
+    """One `on_step` callback that calls `callbacks` in order."""
+    def on_step(trainer) -> None:
+        for callback in callbacks:
+            callback(trainer)
+    return on_step

@@ -174,8 +174,14 @@ class Trainer:
                     self.save()
                 if self.on_step is not None:
                     self.on_step(self)
+                if bar is not None and bar.total != cfg.max_steps:
+                    bar.total = cfg.max_steps  # a time budget resizes the run as it measures the step rate
+                    bar.refresh()
                 if out_of_time:
                     self.stop_reason = "max_seconds"
+                    if bar is not None:  # the budget, not the configured steps, was the run's length
+                        bar.total = st.step
+                        bar.refresh()
                     break
                 if stop_early:
                     self.stop_reason = "early_stopping"
@@ -183,6 +189,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if bar is not None and self.stop_reason != "max_steps":
+            print(self.stop_message(), flush=True)
         return self.summary()
 
     # ------------------------------------------------------------------ pieces
@@ -238,6 +246,18 @@ class Trainer:
                             "lower --train.lr, set --train.grad_clip 1.0 or use --train.precision fp32, "
                             "then --resume")
 
+    def stop_message(self) -> str:
+        """Why training ended, in one line: `stopped at step 71: the 150 s time budget was reached`."""
+        st, cfg = self.state, self.cfg
+        if self.stop_reason == "max_seconds":
+            budget = cfg.max_seconds if cfg.max_seconds is not None else round(st.wall_seconds)
+            return (f"stopped at step {st.step}: the {budget:g} s time budget was reached "
+                    f"({st.step / max(st.wall_seconds, 1e-9):.1f} steps/s)")
+        if self.stop_reason == "early_stopping":
+            return (f"stopped at step {st.step}: validation loss has not improved for "
+                    f"{cfg.early_stopping_patience} evaluations")
+        return f"finished {st.step} steps"
+
     def summary(self) -> dict:
         st = self.state
         val = st.last_val
@@ -247,7 +267,8 @@ class Trainer:
             "train_loss": st.last_train_loss, "val_loss": val.get("val_loss"), "val_ppl": val.get("val_ppl"),
             "val_bpb": val.get("val_bpb"), "initial_val_loss": st.initial_val_loss,
             "best_val_loss": st.best_val_loss if math.isfinite(st.best_val_loss) else None,
-            "stop_reason": self.stop_reason, "tokens_per_step": st.tokens // st.step if st.step else None,
+            "stop_reason": self.stop_reason, "stop_message": self.stop_message(),
+            "tokens_per_step": st.tokens // st.step if st.step else None,
             "precision": self.precision,
             "world_size": self.dist.world_size,
         }
