@@ -101,6 +101,7 @@ class TrainConfig:
     checkpoint_interval: int = 500
     keep_last: int = 2
     progress: bool = True
+    threads: int | str | None = None     # CPU threads: N, or "auto" to time counts while training; None: as is
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -136,6 +137,9 @@ class TrainConfig:
                f"train.max_seconds must be > 0, got {self.max_seconds}", "pass a positive number of seconds")
         _check(self.seq_len is None or self.seq_len > 1, f"train.seq_len must be > 1, got {self.seq_len}",
                "pass e.g. --train.seq_len 256")
+        _check(self.threads in (None, "auto") or (isinstance(self.threads, int) and self.threads > 0),
+               f"train.threads must be a positive integer or auto, got {self.threads!r}",
+               "pass e.g. --train.threads 2, or --train.threads auto on a machine other processes share")
         _check(self.early_stopping_patience is None or self.early_stopping_patience > 0,
                f"train.early_stopping_patience must be > 0, got {self.early_stopping_patience}",
                "pass a positive number of evaluations")

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from cli_run import assert_user_error, lmforge
 from lmforge.config import TrainConfig
 from lmforge.data.loaders import LMWindowLoader
 from lmforge.models.registry import build_model
-from lmforge.train.budget import TimeBudget, each
+from lmforge.train.budget import TimeBudget
 from lmforge.train.threads import ThreadTuner
 from lmforge.train.trainer import Trainer
 
@@ -57,7 +58,7 @@ def test_time_budget_stop_is_reported_on_the_bar_and_in_the_summary(tmp_path, ca
     tokens = np.tile(np.arange(97, dtype=np.uint16), 40)
     cfg = TrainConfig(batch_size=2, seq_len=16, max_steps=100_000, max_seconds=1.0, warmup_steps=2,
                       checkpoint_interval=100_000, eval_interval=100_000, log_interval=5, progress=True)
-    trainer = Trainer(model, LMWindowLoader(tokens, 2, 16, seed=0), cfg, tmp_path, on_step=each(TimeBudget(1.0)))
+    trainer = Trainer(model, LMWindowLoader(tokens, 2, 16, seed=0), cfg, tmp_path, on_step=TimeBudget(1.0))
     summary = trainer.fit()
     assert summary["stop_reason"] == "max_seconds"
     assert summary["stop_message"].startswith(f"stopped at step {summary['steps']}: the 1 s time budget was reached")
@@ -65,3 +66,24 @@ def test_time_budget_stop_is_reported_on_the_bar_and_in_the_summary(tmp_path, ca
     # The bar's total follows the steps the budget fits instead of the 100,000 configured.
     assert f"{summary['steps']}/{summary['steps']}" in bars.err and "/100000" not in bars.err.splitlines()[-1]
     assert summary["stop_message"] in bars.out
+
+
+def test_a_fixed_thread_count_applies_to_training_only(tmp_path):
+    before = torch.get_num_threads()
+    seen = []
+    torch.manual_seed(0)
+    model = build_model("debug", vocab_size=97, block_size=32, n_embd=32)
+    cfg = TrainConfig(batch_size=2, seq_len=16, max_steps=3, warmup_steps=1, checkpoint_interval=100,
+                      eval_interval=100, progress=False, threads=1)
+    tokens = np.tile(np.arange(97, dtype=np.uint16), 10)
+    trainer = Trainer(model, LMWindowLoader(tokens, 2, 16, seed=0), cfg, tmp_path,
+                      on_step=lambda t: seen.append(torch.get_num_threads()))
+    assert trainer.fit()["threads"] == 1 and seen == [1, 1, 1]
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("value", ["0", "fast", "-2"])
+def test_bad_thread_counts_are_user_errors(value, tmp_path):
+    assert_user_error(lmforge("pretrain", "--data", "python-docs", "--model", "debug", "--train.threads", value,
+                              "--out", tmp_path / "r"), "threads")
+    assert not (tmp_path / "r").exists()

@@ -12,9 +12,8 @@ from lmforge.infer.generate import generate_text
 from lmforge.infer.sampling import SamplingParams
 from lmforge.runs.pretrain import pretrain
 from lmforge.runs.rundir import check_out, load
-from lmforge.train.budget import TimeBudget, each
+from lmforge.train.budget import TimeBudget
 from lmforge.train.precision import cpu_has_native_bf16
-from lmforge.train.threads import ThreadTuner
 
 DEMO_PROMPTS = ("The function", "This module provides", "If the value is")
 
@@ -33,22 +32,19 @@ def demo(out: str | Path = "runs/demo", *, max_seconds: float = 150.0, overwrite
     precision = "bf16" if cpu_has_native_bf16() else "fp32"
     train = TrainConfig(batch_size=16, seq_len=128, max_steps=1200, max_seconds=max_seconds, lr=2e-3,
                         warmup_steps=30, weight_decay=0.1, eval_interval=200, eval_batches=16,
-                        checkpoint_interval=400, min_lr_ratio=0.1, precision=precision, device="cpu")
-    # On a machine other processes keep busy, fewer threads can be several times faster; the tuner
-    # times them during training instead of guessing.
-    threads = ThreadTuner()
-    try:
-        summary = pretrain(DataConfig(path="python-docs", tokenizer="bpe", vocab_size=4096), spec, out=out,
-                           train=train, on_step=each(threads, TimeBudget(max_seconds)))
-        print(f"trained on {threads.describe()}")
-        before, after = summary["initial_val_loss"], summary["val_loss"]
-        print(f"\nvalidation perplexity: {math.exp(before):,.1f} (untrained) -> {math.exp(after):,.1f} "
-              f"after {summary['steps']} steps ({math.exp(before - after):.0f}x lower)")
-        model, tokenizer = load(out)
-        params = SamplingParams(max_new_tokens=48, temperature=0.8, top_k=40, seed=0)
-        samples = generate_text(model, tokenizer, list(DEMO_PROMPTS), params)
-    finally:
-        threads.restore()
+                        checkpoint_interval=400, min_lr_ratio=0.1, precision=precision, device="cpu",
+                        threads="auto")
+    # threads="auto": on a machine other processes keep busy, fewer threads can be several times faster,
+    # so counts are timed during training instead of guessed (see lmforge.train.threads).
+    summary = pretrain(DataConfig(path="python-docs", tokenizer="bpe", vocab_size=4096), spec, out=out, train=train,
+                       on_step=TimeBudget(max_seconds))
+    print(f"trained on {summary['threads']}")
+    before, after = summary["initial_val_loss"], summary["val_loss"]
+    print(f"\nvalidation perplexity: {math.exp(before):,.1f} (untrained) -> {math.exp(after):,.1f} "
+          f"after {summary['steps']} steps ({math.exp(before - after):.0f}x lower)")
+    model, tokenizer = load(out)
+    params = SamplingParams(max_new_tokens=48, temperature=0.8, top_k=40, seed=0)
+    samples = generate_text(model, tokenizer, list(DEMO_PROMPTS), params)
     print("\nsamples:")
     for prompt, (text,) in zip(DEMO_PROMPTS, samples):
         print(f"  {prompt!r} -> {prompt}{text}")

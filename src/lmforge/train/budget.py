@@ -24,10 +24,3 @@ class TimeBudget:
         trainer.cfg.max_steps = max(st.step + 1, st.step + int(remaining / rate))
         trainer.stop_reason = "max_seconds"
 
-
-def each(*callbacks):
-    """One `on_step` callback that calls `callbacks` in order."""
-    def on_step(trainer) -> None:
-        for callback in callbacks:
-            callback(trainer)
-    return on_step

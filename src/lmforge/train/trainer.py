@@ -27,6 +27,7 @@ from lmforge.train import checkpoint as ckpt
 from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
 from lmforge.train.precision import autocast, grad_scaler, resolve_precision
+from lmforge.train.threads import ThreadTuner
 
 
 
@@ -66,6 +67,7 @@ class Trainer:
         self.last_terms: dict[str, float] = {}
         self.evaluate_fn = evaluate
         self.on_step = on_step
+        self.threads = ThreadTuner() if cfg.threads == "auto" else None
         self.state = TrainerState()
         self.wrapped = self._wrap(self.model)
         self.stop_reason = ""
@@ -138,6 +140,9 @@ class Trainer:
         start_wall, start_seconds, window_tokens, window_start = time.perf_counter(), st.wall_seconds, 0, time.perf_counter()
         window_loss, window_steps = 0.0, 0  # train_loss is logged as the mean since the last log line
         self.stop_reason = "max_steps"
+        threads_before = torch.get_num_threads()
+        if isinstance(cfg.threads, int):
+            torch.set_num_threads(cfg.threads)
         try:
             while st.step < cfg.max_steps:
                 batches = [self.loader.next_batch() for _ in range(cfg.grad_accum)]
@@ -172,6 +177,8 @@ class Trainer:
                     stop_early = self._track_best(figures)
                 if st.step % cfg.checkpoint_interval == 0 or final or stop_early:
                     self.save()
+                if self.threads is not None:
+                    self.threads(self)
                 if self.on_step is not None:
                     self.on_step(self)
                 if bar is not None and bar.total != cfg.max_steps:
@@ -187,6 +194,7 @@ class Trainer:
                     self.stop_reason = "early_stopping"
                     break
         finally:
+            torch.set_num_threads(threads_before)
             if bar is not None:
                 bar.close()
         if bar is not None and self.stop_reason != "max_steps":
@@ -270,6 +278,7 @@ class Trainer:
             "stop_reason": self.stop_reason, "stop_message": self.stop_message(),
             "tokens_per_step": st.tokens // st.step if st.step else None,
             "precision": self.precision,
+            "threads": self.threads.describe() if self.threads else self.cfg.threads or torch.get_num_threads(),
             "world_size": self.dist.world_size,
         }
 
