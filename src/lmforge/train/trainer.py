@@ -137,8 +137,7 @@ class Trainer:
             st.initial_val_loss = figures["val_loss"]
             metrics.write({"step": 0, **figures})
         bar = _progress(cfg, st.step, enabled=self.dist.is_main and cfg.progress)
-        start_wall, start_seconds, window_tokens, window_start = time.perf_counter(), st.wall_seconds, 0, time.perf_counter()
-        window_loss, window_steps = 0.0, 0  # train_loss is logged as the mean since the last log line
+        start_wall, start_seconds, window = time.perf_counter(), st.wall_seconds, _LogWindow()
         self.stop_reason = "max_steps"
         threads_before = torch.get_num_threads()
         if isinstance(cfg.threads, int):
@@ -152,20 +151,11 @@ class Trainer:
                 step_tokens = sum(int(as_batch(b)["input_ids"].numel()) for b in batches) * self.dist.world_size
                 st.step += 1
                 st.tokens += step_tokens
-                window_tokens += step_tokens
                 st.last_train_loss = loss
-                window_loss, window_steps = window_loss + loss, window_steps + 1
+                window.add(step_tokens, loss)
                 st.wall_seconds = start_seconds + time.perf_counter() - start_wall
                 if st.step % cfg.log_interval == 0 or st.step == cfg.max_steps:
-                    now = time.perf_counter()
-                    tps = window_tokens / max(now - window_start, 1e-9)
-                    window_tokens, window_start = 0, now
-                    mean_loss, window_loss, window_steps = window_loss / window_steps, 0.0, 0
-                    terms = {f"train_{t}": v for t, v in self.last_terms.items()} if len(self.last_terms) > 1 else {}
-                    metrics.write({"step": st.step, "train_loss": mean_loss, **terms, "lr": self.optimizer.param_groups[0]["lr"],
-                                   "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds})
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
+                    self._log(metrics, bar, window)
                 if bar is not None:
                     bar.update(1)
                 out_of_time = cfg.max_seconds is not None and st.wall_seconds >= cfg.max_seconds
@@ -177,21 +167,14 @@ class Trainer:
                     stop_early = self._track_best(figures)
                 if st.step % cfg.checkpoint_interval == 0 or final or stop_early:
                     self.save()
-                if self.threads is not None:
-                    self.threads(self)
-                if self.on_step is not None:
-                    self.on_step(self)
-                if bar is not None and bar.total != cfg.max_steps:
-                    bar.total = cfg.max_steps  # a time budget resizes the run as it measures the step rate
-                    bar.refresh()
-                if out_of_time:
-                    self.stop_reason = "max_seconds"
-                    if bar is not None:  # the budget, not the configured steps, was the run's length
-                        bar.total = st.step
-                        bar.refresh()
-                    break
-                if stop_early:
-                    self.stop_reason = "early_stopping"
+                for callback in (self.threads, self.on_step):
+                    if callback is not None:
+                        callback(self)
+                # A time budget resizes the run as it measures the step rate, and on a budget stop the
+                # steps done, not the configured ones, were the run's length.
+                _resize(bar, st.step if out_of_time else cfg.max_steps)
+                if out_of_time or stop_early:
+                    self.stop_reason = "max_seconds" if out_of_time else "early_stopping"
                     break
         finally:
             torch.set_num_threads(threads_before)
@@ -202,6 +185,15 @@ class Trainer:
         return self.summary()
 
     # ------------------------------------------------------------------ pieces
+    def _log(self, metrics: "_MetricsLog", bar, window: "_LogWindow") -> None:
+        st = self.state
+        mean_loss, tps = window.close()
+        terms = {f"train_{t}": v for t, v in self.last_terms.items()} if len(self.last_terms) > 1 else {}
+        metrics.write({"step": st.step, "train_loss": mean_loss, **terms, "lr": self.optimizer.param_groups[0]["lr"],
+                       "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds})
+        if bar is not None:
+            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
+
     def _evaluate(self) -> dict:
         bare = unwrap(self.model)
         was_training = bare.training
@@ -307,6 +299,32 @@ class _MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+class _LogWindow:
+    """Train loss (mean) and tokens/s since the last log line."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self) -> None:
+        self.tokens, self.loss, self.steps, self.start = 0, 0.0, 0, time.perf_counter()
+
+    def add(self, tokens: int, loss: float) -> None:
+        self.tokens, self.loss, self.steps = self.tokens + tokens, self.loss + loss, self.steps + 1
+
+    def close(self) -> tuple[float, float]:
+        """(mean loss, tokens per second) of the window, which then starts again."""
+        now = time.perf_counter()
+        figures = self.loss / max(self.steps, 1), self.tokens / max(now - self.start, 1e-9)
+        self._reset()
+        return figures
+
+
+def _resize(bar, total: int) -> None:
+    if bar is not None and bar.total != total:
+        bar.total = total
+        bar.refresh()
 
 
 def _progress(cfg: TrainConfig, initial: int, *, enabled: bool):
