@@ -29,13 +29,14 @@ from lmforge.runs.demo import DEMO_PROMPTS, demo
 from lmforge.runs.finetune import finetune as finetune_run
 from lmforge.runs.predict import pipeline, predict
 from lmforge.runs.pretrain import pretrain
+from lmforge.runs.quantize import quantize_run
 from lmforge.runs.rundir import check_out, load
 from lmforge.serve.app import create_app
 
 __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "MethodConfig", "ModelSpec",
            "StartConfig", "TaskDataConfig", "TrainConfig", "DEMO_PROMPTS", "prepare", "pretrain", "finetune",
            "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
-           "describe_conversion", "presets", "demo", "serve"]
+           "describe_conversion", "presets", "demo", "serve", "quantize"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -108,6 +109,13 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool
     folder (GPT-2, Llama, BERT, T5) into an lmforge model directory that `load` and `generate` read
     (`to="lmforge"`). `dst` is written whole or not at all; returns a summary of what was written."""
     return convert_folder(src, dst, to=to, overwrite=overwrite)
+
+
+def quantize(run_dir: str | Path, out: str | Path, *, method: str = "int8", overwrite: bool = False) -> dict:
+    """Write a quantized copy of the run in `run_dir` to `out`, itself a run directory that `load`, `generate`,
+    `predict`, `pipeline`, `serve` and `evaluate_perplexity` read as they read `run_dir`. `method="int8"`: each
+    linear layer's weight in int8 with one scale per output channel. Returns the new run's summary."""
+    return quantize_run(run_dir, out, method=method, overwrite=overwrite)
 
 
 def compare(data: str, budget_seconds: float, out: str | Path, *, models=None, tokenizer: str = "char",

@@ -135,6 +135,13 @@ def _convert(args, sections) -> None:
     print(api.describe_conversion(api.convert(args.src, args.dst, to=args.to, overwrite=args.overwrite)))
 
 
+def _quantize(args, sections) -> None:
+    summary = api.quantize(args.run, args.out, method=args.method, overwrite=args.overwrite)
+    before, after = summary["weight_bytes_before"] / 1e6, summary["weight_bytes_after"] / 1e6
+    print(f"quantized {summary['quantized_layers']} linear layers to {args.method}: weights {before:,.1f} MB -> "
+          f"{after:,.1f} MB -> {args.out}")
+
+
 def _presets(args, sections) -> None:
     for name, n in api.presets().items():
         print(f"{name:14s} {n / 1e6:10.1f}M parameters")
@@ -165,6 +172,7 @@ VERBS: dict[str, Verb] = {
     "demo": Verb(parsers.demo_parser, _demo, "prepare -> pretrain -> perplexity -> samples"),
     "compare": Verb(parsers.compare_parser, _compare, "compare model families at equal training time"),
     "convert": Verb(parsers.convert_parser, _convert, "convert to or from Hugging Face transformers"),
+    "quantize": Verb(parsers.quantize_parser, _quantize, "quantize a run's weights (int8) into a new run"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
 }

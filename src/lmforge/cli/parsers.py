@@ -6,6 +6,7 @@ from typing import get_type_hints
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from lmforge.compress import METHODS as QUANTIZATION_METHODS
 from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, MethodConfig, ModelSpec,
                             StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.infer.sampling import SamplingParams
@@ -180,6 +181,16 @@ def convert_parser() -> ArgumentParser:
 
 def presets_parser() -> ArgumentParser:
     p = verb_parser("List the model presets.")
+    return p
+
+
+def quantize_parser() -> ArgumentParser:
+    p = verb_parser("Quantize a run's linear layers (weights in int8, one scale per output channel) into a new run "
+                    "directory that generate, chat, predict, serve and eval read like any run.")
+    p.add_argument("run", help="run directory to quantize")
+    p.add_argument("--method", default="int8", choices=list(QUANTIZATION_METHODS), help="quantization method")
+    p.add_argument("--out", required=True, help="run directory to create; written whole or not at all")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
 
 

@@ -8,6 +8,7 @@ import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -185,12 +186,28 @@ def resize_vocabulary(model: nn.Module, vocab_size: int, *, seed: int = 0) -> nn
     return model
 
 
+# Transforms that replace some of a model's modules after it is built (quantized layers), by the config.json
+# key recording them: `load_model` rebuilds those modules before loading the weights, `save_model` writes the
+# record (a model's `applied_transforms`) back. lmforge.compress registers its transforms when imported.
+STRUCTURE_TRANSFORMS: dict[str, Callable[[nn.Module, dict], None]] = {}
+
+
+def register_structure_transform(key: str, rebuild: Callable[[nn.Module, dict], None]) -> None:
+    """`rebuild(model, record)` turns a freshly built model into the transformed one `record` describes."""
+    STRUCTURE_TRANSFORMS[key] = rebuild
+
+
+def applied_transforms(model: nn.Module) -> dict[str, dict]:
+    """{config.json key: record} of the structure transforms applied to `model` (empty for a plain model)."""
+    return dict(getattr(model, "applied_transforms", None) or {})
+
+
 def save_model(model: nn.Module, directory: str | Path) -> None:
     """Write `model.safetensors` + `config.json` into `directory`, each atomically."""
     directory = Path(directory)
     save_safetensors_atomic(weights_for_saving(model), directory / "model.safetensors",
                             metadata={"format": "pt", "family": model.family})
-    write_json_atomic(directory / "config.json", model.config.to_dict())
+    write_json_atomic(directory / "config.json", {**model.config.to_dict(), **applied_transforms(model)})
 
 
 def weights_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -220,10 +237,13 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> 
         if not p.is_file():
             raise CheckpointError(f"{p} is missing", "pass a complete run directory (config.json + model.safetensors)")
     try:
-        cfg = config_from_dict(json.loads(cfg_path.read_text()))
+        raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({e.msg})", "restore it or re-run training") from None
-    model = build_model(cfg)
+    records = {key: raw.pop(key) for key in list(raw) if key in STRUCTURE_TRANSFORMS}
+    model = build_model(config_from_dict(raw))
+    for key, record in records.items():
+        STRUCTURE_TRANSFORMS[key](model, record)
     try:
         state = load_file(str(weights), device=str(device))
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files

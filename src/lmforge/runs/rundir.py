@@ -13,6 +13,7 @@ from pathlib import Path
 import torch.nn as nn
 import yaml
 
+from lmforge.compress import quantization_of
 from lmforge.config import AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, TaskDataConfig
 from lmforge.data.tokenizers import Tokenizer
 from lmforge.errors import CheckpointError, ConfigError
@@ -133,6 +134,9 @@ def load_pretrained(path: Path) -> tuple[nn.Module, Tokenizer | None, dict]:
     """(plain model in train mode, tokenizer or None, raw config) from an lmforge run or model folder
     (a fine-tuned run gives its backbone) or a Hugging Face folder."""
     raw = read_model_config(path)
+    if quantization_of(raw):  # rounded weights, and modules the trainer and checkpoints do not handle
+        raise ConfigError(f"{path} is quantized ({quantization_of(raw).get('method')}) and cannot be trained further",
+                          "start from the run it was quantized from")
     if "family" in raw:
         model = load_model(path)
         if is_task_model(model):  # continue from a fine-tuned model: keep its backbone

@@ -1,0 +1,79 @@
+"""`lmforge quantize RUN --method int8 --out RUN_Q`: a quantized copy of a run, itself a run directory.
+
+RUN_Q holds what loading and prediction read: config.yaml and tokenizer.json copied from RUN,
+model.safetensors with the quantized weights, config.json with the model config plus its
+"quantization" record, and a summary.json saying where it came from and how much smaller it is.
+Training state, metrics and plots stay with RUN: RUN_Q was not trained. A fine-tuned run's LoRA
+adapters are folded into its weights first. RUN_Q is written whole or not at all.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch.nn as nn
+
+from lmforge.atomic import atomic_directory, write_json_atomic
+from lmforge.compress import METHODS, apply_quantization, quantization_of
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.models.registry import load_model, save_model, weights_for_saving
+from lmforge.runs.rundir import check_out, is_task_model, read_model_config
+
+# Files of a run that describe its data and task rather than its weights; copied as they are.
+COPIED_FILES = ("config.yaml", "tokenizer.json")
+
+
+def quantize_run(run_dir: str | Path, out: str | Path, *, method: str = "int8", overwrite: bool = False) -> dict:
+    """Write a `method`-quantized copy of the run in `run_dir` to `out`; returns its summary."""
+    started = time.perf_counter()
+    run_dir = _check_source(Path(run_dir), method)
+    out = _check_destination(run_dir, check_out(out), overwrite)
+    model = load_model(run_dir)
+    if is_task_model(model) and model.config.lora:  # the adapters go into the weights before those are rounded
+        model.backbone = model.plain_backbone()
+        model.config.lora = None
+    before = _weight_bytes(model)
+    record = apply_quantization(model, method)
+    summary = {"source": str(run_dir), "quantization": {k: v for k, v in record.items() if k != "modules"},
+               "quantized_layers": len(record["modules"]), "weight_bytes_before": before,
+               "weight_bytes_after": _weight_bytes(model)}
+    with atomic_directory(out) as tmp:
+        for name in COPIED_FILES:
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, tmp / name)
+        save_model(model, tmp)
+        summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+        write_json_atomic(tmp / "summary.json", summary)
+    return summary
+
+
+def _check_source(run_dir: Path, method: str) -> Path:
+    if method not in METHODS:
+        raise ConfigError(f"unknown quantization method {method!r}", f"choose --method {' or '.join(METHODS)}")
+    if not run_dir.is_dir() or not (run_dir / "model.safetensors").is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no model.safetensors)",
+                              "pass the --out directory of a training run")
+    raw = read_model_config(run_dir)
+    if "family" not in raw:
+        raise ConfigError(f"{run_dir} is a Hugging Face model folder, not an lmforge run",
+                          f"convert it first: `lmforge convert {run_dir} DIR --to lmforge`")
+    done = quantization_of(raw)
+    if done:
+        raise ConfigError(f"{run_dir} is already quantized ({done.get('method')})",
+                          "quantize the unquantized run it was made from")
+    return run_dir
+
+
+def _check_destination(run_dir: Path, out: Path, overwrite: bool) -> Path:
+    if out.exists() and (out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents):
+        raise ConfigError(f"--out {out} would replace the run {run_dir}", "choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {out} already exists and is not empty",
+                          "pass --overwrite to replace it, or choose another --out")
+    return out
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    """Bytes of the tensors `save_model` writes (tied ones once)."""
+    return sum(t.numel() * t.element_size() for t in weights_for_saving(model).values())
