@@ -1,10 +1,12 @@
-"""Weight-only int8 (`lmforge quantize --method int8`) against fp32 and the int8 paths a user would otherwise take.
+"""Weight-only int8 and int4 (`lmforge quantize --method int8|int4`) against fp32 and the int8 paths a user
+would otherwise take.
 
 Speed: batch-1 greedy decoding through lmforge's `generate` (the path of `lmforge generate`), on a GPT of
 `--preset` shape (gpt2-124m by default) with random weights, from a `--prompt_tokens` prompt, timed as the
 best of `--repeats` interleaved runs after a warm-up each. Compared, all with fp32 activations in and out:
   - fp32 eager, the model as `lmforge.load` prepares it;
   - lmforge int8 eager (`Int8Linear`: packed int8 kernel, products in bfloat16);
+  - lmforge int4 eager (`Int4Linear`, group size `--group_size`: packed int4 kernel, products in bfloat16);
   - lmforge int8 and fp32 compiled (`generate --compile`), unless `--no_compile`; compiling is not timed;
   - torchao int8 weight-only (`quantize_(model, Int8WeightOnlyConfig())`), when torchao is installed;
   - `torch.ao.quantization.quantize_dynamic` (int8 weights and dynamically quantized int8 activations).
@@ -13,7 +15,9 @@ Every method quantizes every nn.Linear, the output layer included.
 Quality: the fp32 run `--quality_run` (default: a fresh `lmforge demo` run trained for `--demo_seconds`, a
 small GPT on real text) is quantized with `lmforge.api.quantize`, and both runs are scored on the
 validation split of its dataset: perplexity ratio int8 / fp32 and the share of positions where both
-predict the same next token (top-1 agreement).
+predict the same next token (top-1 agreement); likewise int4 with plain rounding and int4 calibrated on
+`--calibration_tokens` tokens of the dataset's training split (so the scored text is not calibrated on).
+int4 uses the largest group size <= `--group_size` that divides every layer's input width.
 
     python benchmarks/quantize.py [--preset gpt2-124m --new_tokens 64 --threads 1 --quality_run runs/demo]
 
@@ -33,7 +37,8 @@ import numpy as np
 import torch
 
 import lmforge.api as lf
-from lmforge.compress import apply_quantization
+from lmforge.compress import GROUP_SIZES, apply_quantization, linear_layers
+from lmforge.data.tokenizers import Tokenizer
 from lmforge.eval.perplexity import perplexity_of_run
 from lmforge.infer.generate import generate, prepare_for_inference
 from lmforge.infer.sampling import SamplingParams
@@ -53,12 +58,19 @@ def timed_interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
     return best, outs
 
 
-def speed_models(preset: str, block_size: int) -> dict[str, torch.nn.Module]:
+def fitting_group_size(model: torch.nn.Module, at_most: int) -> int:
+    """The largest int4 group size <= `at_most` that divides every linear layer's input width."""
+    widths = [linear.in_features for _, linear in linear_layers(model)]
+    return max(g for g in GROUP_SIZES if g <= at_most and all(w % g == 0 for w in widths))
+
+
+def speed_models(preset: str, block_size: int, group_size: int) -> dict[str, torch.nn.Module]:
     """fp32, lmforge int8, and the int8 models of the other tools, all from the same random weights."""
     torch.manual_seed(0)
     fp32 = prepare_for_inference(build_model(preset, block_size=block_size).eval())
-    models = {"fp32": fp32, "int8": copy.deepcopy(fp32)}
+    models = {"fp32": fp32, "int8": copy.deepcopy(fp32), "int4": copy.deepcopy(fp32)}
     apply_quantization(models["int8"])
+    apply_quantization(models["int4"], "int4", group_size=fitting_group_size(fp32, group_size))
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_  # optional: pip install torchao
 
@@ -72,7 +84,7 @@ def speed_models(preset: str, block_size: int) -> dict[str, torch.nn.Module]:
 
 
 def decode_speed(args) -> dict:
-    models = speed_models(args.preset, args.block_size)
+    models = speed_models(args.preset, args.block_size, args.group_size)
     vocab = models["fp32"].config.vocab_size
     prompt = torch.randint(0, vocab, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1)).tolist()
     params = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
@@ -102,23 +114,39 @@ def quality(args) -> dict:
     if not args.quality_run:
         lf.demo(run, max_seconds=args.demo_seconds)
     data = Path(args.quality_data) if args.quality_data else run / "data"
-    quantized = Path(tempfile.mkdtemp(prefix="lmforge-quantize-")) / "int8"
-    lf.quantize(run, quantized)
-    ppl = {name: perplexity_of_run(path, data)["perplexity"] for name, path in (("fp32", run), ("int8", quantized))}
     meta = json.loads((data / "meta.json").read_text())
-    tokens = np.memmap(data / "val.bin", dtype=np.dtype(meta.get("dtype", "uint16")), mode="r")
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    scratch = Path(tempfile.mkdtemp(prefix="lmforge-quantize-"))
+    calibration = scratch / "calibration.txt"
+    train_ids = np.memmap(data / "train.bin", dtype=dtype, mode="r")[: args.calibration_tokens]
+    calibration.write_text(Tokenizer.load(run).decode([int(t) for t in train_ids]))
     exact, _ = load(run)
-    ours, _ = load(quantized)
+    group_size = fitting_group_size(exact, args.group_size)
+    runs = {"fp32": run, "int8": scratch / "int8", "int4": scratch / "int4", "int4_plain": scratch / "int4_plain"}
+    lf.quantize(run, runs["int8"])
+    lf.quantize(run, runs["int4"], method="int4", group_size=group_size, calibration=calibration)
+    lf.quantize(run, runs["int4_plain"], method="int4", group_size=group_size)
+    ppl = {name: perplexity_of_run(path, data)["perplexity"] for name, path in runs.items()}
+    tokens = np.memmap(data / "val.bin", dtype=dtype, mode="r")
     block = exact.config.block_size
     windows = torch.from_numpy(np.asarray(tokens[: (len(tokens) // block) * block], dtype=np.int64)).view(-1, block)
+    figures = {f"ppl_{name}": value for name, value in ppl.items()}
+    for name in ("int8", "int4", "int4_plain"):
+        figures[f"top1_agreement_{name}"] = top1_agreement(exact, load(runs[name])[0], windows[: args.quality_windows])
+    print(f"quality on {data} (int4 group size {group_size}): perplexity "
+          + ", ".join(f"{name} {value:.3f}" for name, value in ppl.items()) + "; top-1 agreement "
+          + ", ".join(f"{name} {figures[f'top1_agreement_{name}']:.4f}" for name in ("int8", "int4", "int4_plain")))
+    return {**figures, "int4_group_size_quality": group_size}
+
+
+def top1_agreement(exact: torch.nn.Module, ours: torch.nn.Module, windows: torch.Tensor) -> float:
+    """Share of positions of `windows` (B, T) where both models predict the same next token."""
     agree = total = 0
     with torch.inference_mode():
-        for batch in windows[: args.quality_windows].split(8):
+        for batch in windows.split(8):
             agree += int((exact(batch).argmax(-1) == ours(batch).argmax(-1)).sum())
             total += batch.numel()
-    print(f"quality on {data}: perplexity fp32 {ppl['fp32']:.3f}, int8 {ppl['int8']:.3f}; "
-          f"top-1 agreement {agree / total:.4f} over {total} positions")
-    return {"ppl_fp32": ppl["fp32"], "ppl_int8": ppl["int8"], "top1_agreement_int8": agree / total}
+    return agree / total
 
 
 def main() -> None:
@@ -134,6 +162,8 @@ def main() -> None:
     ap.add_argument("--quality_data", default=None, help="prepared dataset to score (default: RUN/data)")
     ap.add_argument("--quality_windows", type=int, default=64, help="context windows for top-1 agreement")
     ap.add_argument("--demo_seconds", type=float, default=60.0)
+    ap.add_argument("--group_size", type=int, default=128, help="int4 group size (at most; see above)")
+    ap.add_argument("--calibration_tokens", type=int, default=20000, help="training tokens to calibrate int4 on")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,6 +176,7 @@ def main() -> None:
            "baseline": round(speed[baseline_name], 2), "unit": "tokens/s (batch-1 decode)",
            "ratio": round(speed["int8"] / speed[baseline_name], 3),
            "int8_vs_fp32_eager": round(speed["int8"] / speed["fp32"], 3),
+           "int4_vs_fp32_eager": round(speed["int4"] / speed["fp32"], 3),
            "tokens_per_s": {name: round(v, 2) for name, v in speed.items()}}
     if "int8_compiled" in speed:
         out["int8_vs_fp32_compiled"] = round(speed["int8_compiled"] / speed["fp32_compiled"], 3)
@@ -153,7 +184,12 @@ def main() -> None:
     out.update(ppl_ratio_int8=round(figures["ppl_int8"] / figures["ppl_fp32"], 4),
                top1_agreement_int8=round(figures["top1_agreement_int8"], 4),
                ppl_fp32=round(figures["ppl_fp32"], 3), ppl_int8=round(figures["ppl_int8"], 3),
-               threads=torch.get_num_threads())
+               ppl_ratio_int4=round(figures["ppl_int4"] / figures["ppl_fp32"], 4),
+               ppl_ratio_int4_plain=round(figures["ppl_int4_plain"] / figures["ppl_fp32"], 4),
+               top1_agreement_int4=round(figures["top1_agreement_int4"], 4),
+               top1_agreement_int4_plain=round(figures["top1_agreement_int4_plain"], 4),
+               ppl_int4=round(figures["ppl_int4"], 3), ppl_int4_plain=round(figures["ppl_int4_plain"], 3),
+               int4_group_size_quality=figures["int4_group_size_quality"], threads=torch.get_num_threads())
     print(json.dumps(out))
 
 

@@ -111,11 +111,15 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool
     return convert_folder(src, dst, to=to, overwrite=overwrite)
 
 
-def quantize(run_dir: str | Path, out: str | Path, *, method: str = "int8", overwrite: bool = False) -> dict:
+def quantize(run_dir: str | Path, out: str | Path, *, method: str = "int8", overwrite: bool = False,
+             group_size: int | None = None, calibration: str | Path | None = None) -> dict:
     """Write a quantized copy of the run in `run_dir` to `out`, itself a run directory that `load`, `generate`,
     `predict`, `pipeline`, `serve` and `evaluate_perplexity` read as they read `run_dir`. `method="int8"`: each
-    linear layer's weight in int8 with one scale per output channel. Returns the new run's summary."""
-    return quantize_run(run_dir, out, method=method, overwrite=overwrite)
+    linear layer's weight in int8 with one scale per output channel; `method="int4"`: 4-bit weights with a scale
+    and zero point per `group_size` (default 128) input columns, calibrated on the text file `calibration` when
+    given. Returns the new run's summary."""
+    return quantize_run(run_dir, out, method=method, overwrite=overwrite, group_size=group_size,
+                        calibration=calibration)
 
 
 def compare(data: str, budget_seconds: float, out: str | Path, *, models=None, tokenizer: str = "char",

@@ -7,7 +7,7 @@ import torch
 
 import lmforge.api as lf
 from lmforge.cli import main
-from lmforge.compress import Int8Linear
+from lmforge.compress import Int4Linear, Int8Linear
 from lmforge.config import StartConfig, TaskDataConfig, TrainConfig
 from lmforge.errors import ConfigError
 from lmforge.runs.rundir import load, load_task_run
@@ -32,6 +32,7 @@ def runs(tmp_path_factory):
     result = lmforge("quantize", root / "run", "--method", "int8", "--out", root / "run_q")
     assert result.returncode == 0, result.stderr
     assert "quantized 9 linear layers to int8" in result.stdout
+    (root / "empty.txt").write_text("  \n")
     return root
 
 
@@ -86,6 +87,11 @@ def test_a_quantized_run_is_not_exported_to_hugging_face(runs, tmp_path):
     (["{root}/nowhere", "--out", "{tmp}/again"], "is not a run directory"),
     (["{run}", "--out", "{tmp}/taken"], "already exists"),
     (["{run}", "--out", "{tmp}/again", "--method", "int3"], "invalid choice"),
+    (["{run}", "--out", "{tmp}/again", "--method", "int4", "--group_size", "48"], "--group_size 48 is not supported"),
+    (["{run}", "--out", "{tmp}/again", "--method", "int4"], "pass --group_size 32 or 64"),  # widths 64, 256
+    (["{run}", "--out", "{tmp}/again", "--method", "int4", "--calibration", "{root}/empty.txt"], "is empty"),
+    (["{run}", "--out", "{tmp}/again", "--method", "int4", "--calibration", "{root}/none.txt"], "is not a file"),
+    (["{run}", "--out", "{tmp}/again", "--group_size", "64"], "do not apply to --method int8"),
 ])
 def test_mistakes_are_one_line_errors_that_leave_no_output(runs, tmp_path, capsys, args, message):
     (tmp_path / "taken").mkdir()
@@ -106,6 +112,27 @@ def test_overwrite_replaces_an_existing_output(runs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "out" / "old.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
     assert_user_error(lmforge("quantize", tmp_path / "out", "--out", tmp_path / "twice"), "already quantized")
+
+
+def test_a_calibrated_int4_run_generates_and_scores_from_the_command_line(runs, tmp_path):
+    result = lmforge("quantize", runs / "run", "--method", "int4", "--group_size", "32", "--calibration",
+                     runs / "corpus.txt", "--out", tmp_path / "run_q4")
+    assert result.returncode == 0, result.stderr
+    assert "quantized 9 linear layers to int4" in result.stdout
+    record = json.loads((tmp_path / "run_q4" / "config.json").read_text())["quantization"]
+    assert (record["method"], record["group_size"], record["calibrated"]) == ("int4", 32, True)
+    model, _ = load(tmp_path / "run_q4")
+    assert isinstance(model.lm_head, Int4Linear) and model.lm_head.input_scales is not None
+    result = lmforge("generate", "--model", tmp_path / "run_q4", "--prompt", "the quick", "--max_new_tokens", "12",
+                     "--temperature", "0", "--no_stream")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("the quick") and len(result.stdout.strip()) > len("the quick")
+    quantized = lf.evaluate_perplexity(tmp_path / "run_q4", str(runs / "data"))
+    exact = lf.evaluate_perplexity(runs / "run", str(runs / "data"))
+    assert quantized["perplexity"] == pytest.approx(exact["perplexity"], rel=0.1)
+    assert_user_error(lmforge("quantize", tmp_path / "run_q4", "--out", tmp_path / "twice", "--method", "int4",
+                              "--group_size", "32"), "already quantized (int4)")
+    assert not (tmp_path / "twice").exists()
 
 
 POS, NEG = "good great fine nice lovely".split(), "bad awful poor nasty dreadful".split()

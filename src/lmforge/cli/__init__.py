@@ -136,7 +136,8 @@ def _convert(args, sections) -> None:
 
 
 def _quantize(args, sections) -> None:
-    summary = api.quantize(args.run, args.out, method=args.method, overwrite=args.overwrite)
+    summary = api.quantize(args.run, args.out, method=args.method, overwrite=args.overwrite,
+                           group_size=args.group_size, calibration=args.calibration)
     before, after = summary["weight_bytes_before"] / 1e6, summary["weight_bytes_after"] / 1e6
     print(f"quantized {summary['quantized_layers']} linear layers to {args.method}: weights {before:,.1f} MB -> "
           f"{after:,.1f} MB -> {args.out}")
@@ -172,7 +173,7 @@ VERBS: dict[str, Verb] = {
     "demo": Verb(parsers.demo_parser, _demo, "prepare -> pretrain -> perplexity -> samples"),
     "compare": Verb(parsers.compare_parser, _compare, "compare model families at equal training time"),
     "convert": Verb(parsers.convert_parser, _convert, "convert to or from Hugging Face transformers"),
-    "quantize": Verb(parsers.quantize_parser, _quantize, "quantize a run's weights (int8) into a new run"),
+    "quantize": Verb(parsers.quantize_parser, _quantize, "quantize a run's weights (int8, int4) into a new run"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
 }

@@ -185,10 +185,15 @@ def presets_parser() -> ArgumentParser:
 
 
 def quantize_parser() -> ArgumentParser:
-    p = verb_parser("Quantize a run's linear layers (weights in int8, one scale per output channel) into a new run "
-                    "directory that generate, chat, predict, serve and eval read like any run.")
+    p = verb_parser("Quantize a run's linear layers (int8: one scale per output channel; int4: a scale and zero "
+                    "point per group of input columns) into a new run directory that generate, chat, predict, serve "
+                    "and eval read like any run.")
     p.add_argument("run", help="run directory to quantize")
     p.add_argument("--method", default="int8", choices=list(QUANTIZATION_METHODS), help="quantization method")
+    p.add_argument("--group_size", type=int | None, default=None,
+                   help="int4: input columns sharing a scale, 32, 64, 128 or 256 (default 128)")
+    p.add_argument("--calibration", default=None,
+                   help="int4: a text file to calibrate on (activation-aware scales; language-model runs)")
     p.add_argument("--out", required=True, help="run directory to create; written whole or not at all")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
