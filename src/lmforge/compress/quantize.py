@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch.nn as nn
-
 import torch
+import torch.nn as nn
 
 from lmforge.compress.calibrate import collect_input_stats, search_input_scales
 from lmforge.compress.int4 import DEFAULT_GROUP_SIZE, GROUP_SIZES, Int4Linear
