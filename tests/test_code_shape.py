@@ -33,6 +33,7 @@ LAZY_IMPORTS: dict[str, str] = {
     "rouge_score": "ROUGE (it imports nltk), computed only by summarization and chat evaluation",
     "nltk": "word segmentation for Chinese QA scoring, slow to import",
     "seqeval": "entity scoring (it imports scikit-learn), computed only by NER evaluation",
+    "onnx": "reading ONNX graphs, needed only by `lmforge export` (slow to import: it loads protobuf)",
 }
 
 

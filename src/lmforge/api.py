@@ -26,6 +26,7 @@ from lmforge.models.gpt import count_parameters
 from lmforge.models.registry import PRESETS, build_model
 from lmforge.runs.compare import DEFAULT_MODELS, compare as compare_models
 from lmforge.runs.demo import DEMO_PROMPTS, demo
+from lmforge.runs.export import export_run
 from lmforge.runs.finetune import finetune as finetune_run
 from lmforge.runs.predict import pipeline, predict
 from lmforge.runs.pretrain import pretrain
@@ -36,7 +37,7 @@ from lmforge.serve.app import create_app
 __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "MethodConfig", "ModelSpec",
            "StartConfig", "TaskDataConfig", "TrainConfig", "DEMO_PROMPTS", "prepare", "pretrain", "finetune",
            "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
-           "describe_conversion", "presets", "demo", "serve", "quantize"]
+           "describe_conversion", "presets", "demo", "serve", "quantize", "export"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -92,6 +93,15 @@ def chat(run_dir: str | Path, *, system: str | None = None, device: str = "cpu",
     """Chat with a run in the terminal until end of input; returns the conversation."""
     model, tokenizer = load(run_dir, device=device)
     return chat_loop(model, tokenizer, SamplingParams(**sampling), system=system)
+
+
+def export(run_dir: str | Path, out: str | Path, *, format: str = "onnx", overwrite: bool = False) -> dict:
+    """Export the model of the run in `run_dir` to the folder `out` for another runtime. `format="onnx"`:
+    model.onnx for onnxruntime (a fine-tuned encoder classifier: logits from input_ids and attention_mask; a
+    GPT/Llama language model: one decoding step with the key/value cache as inputs and outputs), with the run's
+    tokenizer and configs and an export.json describing the graph. `out` is written whole or not at all;
+    returns export.json's record."""
+    return export_run(run_dir, out, format=format, overwrite=overwrite)
 
 
 def presets() -> dict[str, int]:

@@ -143,6 +143,11 @@ def _quantize(args, sections) -> None:
           f"{after:,.1f} MB -> {args.out}")
 
 
+def _export(args, sections) -> None:
+    record = api.export(args.run, args.out, format=args.format, overwrite=args.overwrite)
+    print(f"exported {record['kind']} graph (ONNX opset {record['opset']}) -> {Path(args.out) / 'model.onnx'}")
+
+
 def _presets(args, sections) -> None:
     for name, n in api.presets().items():
         print(f"{name:14s} {n / 1e6:10.1f}M parameters")
@@ -174,6 +179,7 @@ VERBS: dict[str, Verb] = {
     "compare": Verb(parsers.compare_parser, _compare, "compare model families at equal training time"),
     "convert": Verb(parsers.convert_parser, _convert, "convert to or from Hugging Face transformers"),
     "quantize": Verb(parsers.quantize_parser, _quantize, "quantize a run's weights (int8, int4) into a new run"),
+    "export": Verb(parsers.export_parser, _export, "export a run's model to ONNX for onnxruntime"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
 }

@@ -199,6 +199,17 @@ def quantize_parser() -> ArgumentParser:
     return p
 
 
+def export_parser() -> ArgumentParser:
+    p = verb_parser("Export a run's model to ONNX, to run in onnxruntime.")
+    p.add_argument("run", help="run directory to export: a fine-tuned encoder classifier, or a GPT/Llama language "
+                               "model (one decoding step, its key/value cache as graph inputs and outputs)")
+    p.add_argument("--format", default="onnx", choices=["onnx"],
+                   help="format to write: onnx (model.onnx, the run's tokenizer and configs, export.json)")
+    p.add_argument("--out", required=True, help="folder to create; written whole or not at all")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return p
+
+
 def eval_parser() -> ArgumentParser:
     return verb_parser("Evaluate a trained run.")
 
