@@ -13,7 +13,7 @@ Weights are random (speed does not depend on them); the export itself is not tim
 
     python benchmarks/export_onnx.py [--threads 1 --seq_len 128 --prompt_tokens 32 --new_tokens 64 --repeats 5]
 
-The last line printed is one JSON object (see ARCHITECTURE.md, "Benchmarks").
+The last line printed is one JSON object (see the benchmark contract in the README).
 """
 from __future__ import annotations
 
