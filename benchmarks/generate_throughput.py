@@ -23,7 +23,7 @@ using those kernels at this dtype can beat, and `ratio_ceiling_eager` the ratio 
 against the same baseline. The compiled decoder uses inductor's own prepacked GEMM kernels instead, so
 it is not bound by that floor.
 
-The last line printed is one JSON object (see ARCHITECTURE.md, "Benchmarks").
+The last line printed is one JSON object (see the benchmark contract in the README).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ int4 uses the largest group size <= `--group_size` that divides every layer's in
 
     python benchmarks/quantize.py [--preset gpt2-124m --new_tokens 64 --threads 1 --quality_run runs/demo]
 
-The last line printed is one JSON object (see ARCHITECTURE.md, "Benchmarks"): `ours` is lmforge int8
+The last line printed is one JSON object (see the benchmark contract in the README): `ours` is lmforge int8
 eager decoding, the baseline torchao int8 weight-only (quantize_dynamic when torchao is missing).
 """
 from __future__ import annotations
