@@ -159,6 +159,23 @@ def _eval(args, sections) -> None:
     print(json.dumps(result))
 
 
+def _explain(args, sections) -> None:
+    if args.get("action") == "eval":
+        e = args.eval
+        report = api.explain_eval(e.model, e.data, methods=e.method, limit=e.limit, fraction=e.fraction,
+                                  steps=e.steps, seed=e.seed, output=e.output, device=e.device)
+        print(json.dumps(report, indent=2))
+        return
+    if not args.model or not args.out:
+        raise ConfigError("explain needs --model and --out", "e.g. lmforge explain --model RUN --text '...' --out DIR")
+    records = api.explain(args.model, text=args.text, input=args.input, method=args.method, target=args.target,
+                          out=args.out, steps=args.steps, overwrite=args.overwrite, device=args.device)
+    for r in records:
+        target = r["target"].get("label", r["target"].get("token"))
+        print(f"{r['method']}: {target!r} p={r['probability']:.4f}  {r['text'][:60]}")
+    print(f"wrote {args.out}: explanations.json, attention.json, viewer.html, plots/")
+
+
 @dataclass(frozen=True)
 class Verb:
     parser: Callable[[], ArgumentParser]
@@ -182,6 +199,8 @@ VERBS: dict[str, Verb] = {
     "export": Verb(parsers.export_parser, _export, "export a run's model to ONNX for onnxruntime"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
+    "explain": Verb(parsers.explain_parser, _explain, "explain a run's outputs: attributions, attention, viewer",
+                    parsers.explain_actions),
 }
 
 
