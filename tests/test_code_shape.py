@@ -34,6 +34,8 @@ LAZY_IMPORTS: dict[str, str] = {
     "nltk": "word segmentation for Chinese QA scoring, slow to import",
     "seqeval": "entity scoring (it imports scikit-learn), computed only by NER evaluation",
     "onnx": "reading ONNX graphs, needed only by `lmforge export` (slow to import: it loads protobuf)",
+    "captum": "attribution methods, used only by `lmforge explain` (slow to import: it loads matplotlib and scipy)",
+    "scipy": "rank correlation, computed only by `lmforge explain eval` (scipy.stats is slow to import)",
 }
 
 

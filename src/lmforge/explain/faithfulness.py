@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from lmforge.explain.subject import Subject
 
@@ -62,6 +61,8 @@ def erasure_report(subject: Subject, scores: torch.Tensor, fraction: float, rng:
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor, special: list[bool]) -> float | None:
     """Spearman's rho between two methods' scores over the non-special tokens (None when undefined)."""
+    from scipy.stats import spearmanr  # slow to import; only `explain eval` ranks
+
     keep = [i for i, s in enumerate(special) if not s]
     if len(keep) < 3:
         return None

@@ -6,7 +6,6 @@ Shapes: L layers, H heads, T tokens.
 from __future__ import annotations
 
 import torch
-from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 
 from lmforge.explain.recorder import record_attention
 from lmforge.explain.subject import Subject
@@ -62,6 +61,8 @@ def integrated_gradients(subject: Subject, steps: int | None = None, *,
     (special tokens kept, the rest padding), summed over the embedding width: {"scores" (T,), "delta", "steps",
     "f_input", "f_baseline", "relative_error"}. With `steps` None, the steps in IG_STEPS are tried in turn until
     the completeness error |delta| is within `tolerance` of |F(x) - F(baseline)|."""
+    from captum.attr import LayerIntegratedGradients  # slow to import (it loads matplotlib and scipy)
+
     ig = LayerIntegratedGradients(lambda ids: subject.score(ids), subject.embedding)
     with torch.no_grad():
         f_input, f_base = (float(v) for v in subject.score(torch.cat([subject.input_ids, subject.baseline_ids])))
@@ -79,6 +80,8 @@ def integrated_gradients(subject: Subject, steps: int | None = None, *,
 
 def saliency(subject: Subject) -> torch.Tensor:
     """(T,) gradient x input on the token embeddings, summed over the embedding width."""
+    from captum.attr import LayerGradientXActivation  # slow to import (it loads matplotlib and scipy)
+
     attributions = LayerGradientXActivation(lambda ids: subject.score(ids), subject.embedding).attribute(
         subject.input_ids)
     return attributions[0].sum(-1).detach().float().cpu()
