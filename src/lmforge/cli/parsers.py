@@ -238,7 +238,7 @@ def explain_parser() -> ArgumentParser:
                    help="classifier: a LABEL (default: the predicted one); tagger: TAG or TAG@WORD_INDEX; language "
                         "model: the next TOKEN (default: the most probable)")
     p.add_argument("--steps", type=int | None, default=None,
-                   help="integrated-gradients steps (default: 32, 64, ... until the completeness error is <= 1%%)")
+                   help="integrated-gradients steps (default: 32, 64, ... until the completeness error is <= 1%)")
     p.add_argument("--out", default=None, help="folder to write (whole or not at all)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
