@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.explain.faithfulness import erasure, rank_correlation, top_positions
+from lmforge.explain.faithfulness import erasure, erasures, random_positions, rank_correlation, top_positions
 from lmforge.explain.logit_lens import layer_probabilities
 from lmforge.explain.methods import (attention_maps, attention_scores, integrated_gradients, rollout,
                                      rollout_scores, saliency)
@@ -107,6 +107,22 @@ def test_erasure_deletes_the_chosen_tokens(runs):
     got = erasure(subject, top)
     assert abs(got["comprehensiveness"] - (full - without)) < 1e-6
     assert abs(got["sufficiency"] - (full - only)) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt", "t5"])
+def test_batched_erasures_match_one_input_at_a_time(runs, name):
+    subject = runs[name].subject("the film was good and the acting was great")
+    rng = np.random.default_rng(0)
+    sets = [random_positions(subject.special, 0.3, rng) for _ in range(4)]
+    ids = subject.input_ids[0].tolist()
+    with torch.no_grad():
+        full = float(subject.score(subject.input_ids)[0])
+        for chosen, got in zip(sets, erasures(subject, sets)):
+            without = [t for i, t in enumerate(ids) if i not in chosen]
+            only = [t for i, t in enumerate(ids) if i in chosen or subject.special[i]]
+            assert got["comprehensiveness"] == pytest.approx(full - float(subject.score(torch.tensor([without]))[0]),
+                                                             abs=1e-5)
+            assert got["sufficiency"] == pytest.approx(full - float(subject.score(torch.tensor([only]))[0]), abs=1e-5)
 
 
 def test_rank_correlation_ignores_special_tokens():

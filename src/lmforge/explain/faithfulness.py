@@ -39,24 +39,35 @@ def _only(ids: torch.Tensor, kept: list[int], special: list[bool]) -> torch.Tens
     return ids[:, keep]
 
 
-def erasure(subject: Subject, positions: list[int]) -> dict:
-    """F(x) - F(x without `positions`) (comprehensiveness) and F(x) - F(only `positions`) (sufficiency)."""
+def erasures(subject: Subject, position_sets: list[list[int]]) -> list[dict]:
+    """Per set of positions: F(x) - F(x without them) (comprehensiveness) and F(x) - F(only them and the special
+    tokens) (sufficiency). Sets of one size give inputs of one length, so each kind is one batched forward."""
     ids = subject.input_ids
+    without = torch.cat([_without(ids, p) for p in position_sets])  # (n, T - k)
+    only = torch.cat([_only(ids, p, subject.special) for p in position_sets])
     with torch.no_grad():
         full = float(subject.score(ids)[0])
-        without = float(subject.score(_without(ids, positions))[0])
-        only = float(subject.score(_only(ids, positions, subject.special))[0])
-    return {"comprehensiveness": full - without, "sufficiency": full - only}
+        f_without, f_only = subject.score(without).tolist(), subject.score(only).tolist()
+    return [{"comprehensiveness": full - a, "sufficiency": full - b} for a, b in zip(f_without, f_only)]
 
 
-def erasure_report(subject: Subject, scores: torch.Tensor, fraction: float, rng: np.random.Generator,
-                   random_draws: int = 5) -> dict:
-    """Comprehensiveness and sufficiency of the top `fraction` by `scores` and, averaged over `random_draws`
-    draws, of as many random tokens."""
-    ours = erasure(subject, top_positions(scores, subject.special, fraction))
-    draws = [erasure(subject, random_positions(subject.special, fraction, rng)) for _ in range(random_draws)]
-    return {**ours, "random_comprehensiveness": float(np.mean([d["comprehensiveness"] for d in draws])),
-            "random_sufficiency": float(np.mean([d["sufficiency"] for d in draws]))}
+def erasure(subject: Subject, positions: list[int]) -> dict:
+    return erasures(subject, [positions])[0]
+
+
+def random_erasure(subject: Subject, fraction: float, rng: np.random.Generator, draws: int = 5) -> dict:
+    """Comprehensiveness and sufficiency of `fraction` of the tokens picked at random, averaged over `draws`."""
+    found = erasures(subject, [random_positions(subject.special, fraction, rng) for _ in range(draws)])
+    return {f"random_{k}": float(np.mean([d[k] for d in found])) for k in ("comprehensiveness", "sufficiency")}
+
+
+def erasure_report(subject: Subject, scores: dict[str, torch.Tensor], fraction: float,
+                   rng: np.random.Generator, random_draws: int = 5) -> dict:
+    """{method: comprehensiveness and sufficiency of its top `fraction` by score, beside the same for as many
+    random tokens (one set of random draws for every method)}."""
+    chosen = erasures(subject, [top_positions(s, subject.special, fraction) for s in scores.values()])
+    baseline = random_erasure(subject, fraction, rng, random_draws)
+    return {method: {**found, **baseline} for method, found in zip(scores, chosen)}
 
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor, special: list[bool]) -> float | None:

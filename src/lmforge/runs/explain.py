@@ -128,7 +128,7 @@ def explain_eval(model: str | Path, data: str, *, methods=EVAL_METHODS, limit: i
 def _eval_row(run: ExplainedRun, text: str, methods: list[str], fraction: float, steps, rng) -> dict:
     subject = run.subject(text)
     maps = attention_maps(subject)
-    scores, row = {}, {"tokens": len(subject.tokens), "erasure": {}}
+    scores, row = {}, {"tokens": len(subject.tokens)}
     for m in methods:
         if m == "ig":
             result = integrated_gradients(subject, steps)
@@ -136,7 +136,7 @@ def _eval_row(run: ExplainedRun, text: str, methods: list[str], fraction: float,
             row["ig"] = result
         else:
             scores[m] = attention_scores(subject, maps) if m == "attention" else rollout_scores(subject, maps)
-        row["erasure"][m] = erasure_report(subject, scores[m], fraction, rng)
+    row["erasure"] = erasure_report(subject, scores, fraction, rng)
     row["rank_correlation"] = {f"{a}~{b}": rank_correlation(scores[a], scores[b], subject.special)
                                for i, a in enumerate(methods) for b in methods[i + 1:]}
     return row
