@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, MethodConfig, ModelSpec,
-                            StartConfig, TaskDataConfig, TrainConfig)
+from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, DistillConfig, MethodConfig,
+                            ModelSpec, StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.data.shards import prepare_dataset
 from lmforge.eval.perplexity import perplexity_of_run
 from lmforge.infer.chat import chat_loop
@@ -30,6 +30,8 @@ from lmforge.runs.export import export_run
 from lmforge.runs.finetune import finetune as finetune_run
 from lmforge.runs.predict import pipeline, predict
 from lmforge.runs.pretrain import pretrain
+from lmforge.runs.distill import distill as distill_run
+from lmforge.runs.prune import prune_run
 from lmforge.runs.quantize import quantize_run
 from lmforge.runs.rundir import check_out, load
 from lmforge.serve.app import create_app
@@ -37,7 +39,7 @@ from lmforge.serve.app import create_app
 __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "MethodConfig", "ModelSpec",
            "StartConfig", "TaskDataConfig", "TrainConfig", "DEMO_PROMPTS", "prepare", "pretrain", "finetune",
            "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
-           "describe_conversion", "presets", "demo", "serve", "quantize", "export"]
+           "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill", "export"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -130,6 +132,28 @@ def quantize(run_dir: str | Path, out: str | Path, *, method: str = "int8", over
     given. Returns the new run's summary."""
     return quantize_run(run_dir, out, method=method, overwrite=overwrite, group_size=group_size,
                         calibration=calibration)
+
+
+def prune(run_dir: str | Path, out: str | Path, *, method: str = "structured", sparsity: float = 0.3,
+          importance: str = "magnitude", recover_steps: int = 0, overwrite: bool = False) -> dict:
+    """Write a pruned copy of the run in `run_dir` to `out`. `method="structured"` removes `sparsity` of each
+    layer's attention heads (encoders) and MLP neurons, ranked by `importance` ("magnitude", or "taylor" on
+    the run's training data), and `out` loads as the smaller model; `method="magnitude"` zeroes that fraction
+    of the blocks' weights. `recover_steps` > 0 fine-tunes the pruned model that many steps on the run's own
+    recipe, its head kept. Returns the summary (parameters and bytes before and after)."""
+    return prune_run(run_dir, out, method=method, sparsity=sparsity, importance=importance,
+                     recover_steps=recover_steps, overwrite=overwrite)
+
+
+def distill(teacher: str | Path, out: str | Path, *, student: str = "half", distill: DistillConfig | None = None,
+            data: TaskDataConfig | None = None, train: TrainConfig | None = None, method: MethodConfig | None = None,
+            overwrite: bool = False) -> dict:
+    """Train a student of the fine-tuned classifier or tagger `teacher` into the run directory `out`, on hard
+    labels and the teacher's softened predictions (`distill`: temperature and weight). `student`: "half" (the
+    teacher's every other layer), layer numbers "0,2,4", a run directory with the teacher's tokenizer, or a
+    preset. `data`, `train` and `method` default to the teacher's recipe. Returns the student's summary."""
+    return distill_run(teacher, out, student=student, distill=distill, data=data, train=train, method=method,
+                       overwrite=overwrite)
 
 
 def compare(data: str, budget_seconds: float, out: str | Path, *, models=None, tokenizer: str = "char",

@@ -341,3 +341,17 @@ def to_yaml(sections: dict) -> str:
 
 def field_names(cls) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+@dataclass
+class DistillConfig:
+    """Distillation: the weight of the teacher's soft targets against the hard labels, and their temperature."""
+
+    temperature: float = 2.0             # softens both distributions; the soft term is scaled by its square
+    alpha: float = 0.5                   # loss = (1 - alpha) * hard labels + alpha * soft targets
+
+    def __post_init__(self):
+        _check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}",
+               "pass e.g. --distill.temperature 2")
+        _check(0.0 <= self.alpha <= 1.0, f"distill.alpha must be in [0, 1], got {self.alpha}",
+               "pass e.g. --distill.alpha 0.5")

@@ -143,6 +143,28 @@ def _quantize(args, sections) -> None:
           f"{after:,.1f} MB -> {args.out}")
 
 
+def _prune(args, sections) -> None:
+    summary = api.prune(args.run, args.out, method=args.method, sparsity=args.sparsity, importance=args.importance,
+                        recover_steps=args.recover_steps, overwrite=args.overwrite)
+    before, after = summary["before"]["parameters"], summary["after"]["parameters"]
+    recovered = summary.get("recovered")
+    tail = f", {recovered['main_metric']} {recovered['value']:.4f} after {summary['recover_steps']} recovery steps" \
+        if recovered and recovered.get("value") is not None else ""
+    print(f"pruned ({args.method}): {before:,} -> {after:,} parameters "
+          f"({summary['removed_fraction']['block_parameters']:.0%} of the blocks'){tail} -> {args.out}")
+
+
+def _distill(args, sections) -> None:
+    data = sections.data if sections.data.train else None  # without a recipe: the teacher's own data
+    summary = api.distill(args.teacher, args.out, student=args.student, distill=sections.distill, data=data,
+                          train=sections.train, method=sections.method, overwrite=args.overwrite)
+    metric, record = summary.get("main_metric"), summary["distillation"]
+    teacher = f" (teacher {record['teacher_metric']:.4f})" if record.get("teacher_metric") is not None else ""
+    shown = f"{metric} {summary[metric]:.4f}{teacher}, " if summary.get(metric) is not None else ""
+    print(f"distilled: {shown}{record['student_parameters']:,} parameters "
+          f"(teacher {record['teacher_parameters']:,}) -> {args.out}")
+
+
 def _export(args, sections) -> None:
     record = api.export(args.run, args.out, format=args.format, overwrite=args.overwrite)
     print(f"exported {record['kind']} graph (ONNX opset {record['opset']}) -> {Path(args.out) / 'model.onnx'}")
@@ -179,6 +201,8 @@ VERBS: dict[str, Verb] = {
     "compare": Verb(parsers.compare_parser, _compare, "compare model families at equal training time"),
     "convert": Verb(parsers.convert_parser, _convert, "convert to or from Hugging Face transformers"),
     "quantize": Verb(parsers.quantize_parser, _quantize, "quantize a run's weights (int8, int4) into a new run"),
+    "prune": Verb(parsers.prune_parser, _prune, "prune a run's heads and neurons (or smallest weights) into a new run"),
+    "distill": Verb(parsers.distill_parser, _distill, "train a smaller student from a fine-tuned teacher"),
     "export": Verb(parsers.export_parser, _export, "export a run's model to ONNX for onnxruntime"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
@@ -189,7 +213,7 @@ def run(argv: list[str]) -> int:
     check_config_paths(argv)
     parser = build_parser()
     ns = parser.parse_args(normalize_argv(argv))
-    sections = parser.instantiate(ns)[ns.verb] if ns.verb in ("pretrain", "finetune") else None
+    sections = parser.instantiate(ns)[ns.verb] if ns.verb in ("pretrain", "finetune", "distill") else None
     VERBS[ns.verb].run(ns[ns.verb], sections)
     return 0
 

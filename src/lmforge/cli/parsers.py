@@ -7,7 +7,8 @@ from typing import get_type_hints
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lmforge.compress import METHODS as QUANTIZATION_METHODS
-from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, MethodConfig, ModelSpec,
+from lmforge.compress.prune import IMPORTANCE as PRUNE_IMPORTANCE, PRUNE_METHODS
+from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, DistillConfig, MethodConfig, ModelSpec,
                             StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.infer.sampling import SamplingParams
 from lmforge.runs.compare import DEFAULT_MODELS
@@ -74,6 +75,28 @@ def finetune_parser() -> ArgumentParser:
     p.add_class_arguments(DecodeConfig, "decode")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    return p
+
+
+def distill_parser() -> ArgumentParser:
+    p = verb_parser("Distill a fine-tuned classifier or tagger (the teacher) into a smaller student: the student "
+                    "learns from the hard labels and from the teacher's temperature-softened predictions.")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML recipe, e.g. the teacher's (configs/finetune/)")
+    p.add_argument("--teacher", required=True, help="fine-tuned run directory to learn from")
+    p.add_argument("--student", default="half",
+                   help="half (the teacher's every other layer), layer numbers such as 0,2,4, a run directory with "
+                        "the teacher's tokenizer, or a preset name (a fresh model)")
+    p.add_argument("--task", default=None, help="ignored: the teacher's task (accepted so recipes can be reused)")
+    p.add_class_arguments(DistillConfig, "distill")
+    p.add_class_arguments(TaskDataConfig, "data")
+    p.add_class_arguments(StartConfig, "model")
+    p.add_class_arguments(MethodConfig, "method")
+    p.add_class_arguments(TrainConfig, "train")
+    p.add_class_arguments(BalanceConfig, "balance")
+    p.add_class_arguments(AugmentConfig, "augment")
+    p.add_class_arguments(DecodeConfig, "decode")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
 
 
@@ -194,6 +217,25 @@ def quantize_parser() -> ArgumentParser:
                    help="int4: input columns sharing a scale, 32, 64, 128 or 256 (default 128)")
     p.add_argument("--calibration", default=None,
                    help="int4: a text file to calibrate on (activation-aware scales; language-model runs)")
+    p.add_argument("--out", required=True, help="run directory to create; written whole or not at all")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return p
+
+
+def prune_parser() -> ArgumentParser:
+    p = verb_parser("Prune a run into a new run directory: structured pruning removes attention heads and MLP "
+                    "neurons (smaller tensors, a smaller and faster model); magnitude pruning zeroes the smallest "
+                    "weights (for comparison: no faster on dense kernels).")
+    p.add_argument("run", help="run directory to prune (a fine-tuned or pretrained BERT, GPT or Llama run)")
+    p.add_argument("--method", default="structured", choices=list(PRUNE_METHODS), help="pruning method")
+    p.add_argument("--sparsity", type=float, default=0.3,
+                   help="fraction of each layer's heads and MLP neurons (structured) or of the blocks' weights "
+                        "(magnitude) to remove, between 0 and 1")
+    p.add_argument("--importance", default="magnitude", choices=list(PRUNE_IMPORTANCE),
+                   help="structured: rank units by their weights' magnitude, or by a first-order (Taylor) estimate "
+                        "of the loss change on the run's training data (fine-tuned runs)")
+    p.add_argument("--recover_steps", type=int, default=0,
+                   help="fine-tune the pruned model this many steps on the run's own recipe (fine-tuned runs)")
     p.add_argument("--out", required=True, help="run directory to create; written whole or not at all")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
