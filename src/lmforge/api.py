@@ -32,14 +32,16 @@ from lmforge.runs.predict import pipeline, predict
 from lmforge.runs.pretrain import pretrain
 from lmforge.runs.distill import distill as distill_run
 from lmforge.runs.prune import prune_run
+from lmforge.runs.report import compress_report as compress_report_of_runs
 from lmforge.runs.quantize import quantize_run
 from lmforge.runs.rundir import check_out, load
 from lmforge.serve.app import create_app
 
-__all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "MethodConfig", "ModelSpec",
+__all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "DistillConfig", "MethodConfig", "ModelSpec",
            "StartConfig", "TaskDataConfig", "TrainConfig", "DEMO_PROMPTS", "prepare", "pretrain", "finetune",
            "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
-           "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill", "export"]
+           "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill", "compress_report",
+           "export"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -154,6 +156,15 @@ def distill(teacher: str | Path, out: str | Path, *, student: str = "half", dist
     preset. `data`, `train` and `method` default to the teacher's recipe. Returns the student's summary."""
     return distill_run(teacher, out, student=student, distill=distill, data=data, train=train, method=method,
                        overwrite=overwrite)
+
+
+def compress_report(runs: list[str | Path], out: str | Path, *, data: str | None = None, seq_len: int = 128,
+                    repeats: int = 20, overwrite: bool = False) -> dict:
+    """Measure the original run `runs[0]` and its compressed variants: size on disk, parameters, CPU latency at
+    batch 1 and 8 on `seq_len`-token sequences, throughput, quality (the task metric on the recipe's validation
+    split, or perplexity on the text file `data`) and agreement with the original. Writes report.md,
+    report.json and report.png into `out`; returns the report (its rows and a Markdown table)."""
+    return compress_report_of_runs(runs, out, data=data, seq_len=seq_len, repeats=repeats, overwrite=overwrite)
 
 
 def compare(data: str, budget_seconds: float, out: str | Path, *, models=None, tokenizer: str = "char",

@@ -133,3 +133,25 @@ def test_distill_mistakes_are_one_line_errors_that_leave_no_output(run, tmp_path
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and err.startswith("error:") and "\n" not in err and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_compress_report_puts_each_variant_beside_the_original(run, tmp_path):
+    lf.prune(run / "run", tmp_path / "pruned", sparsity=0.5)
+    lf.quantize(run / "run", tmp_path / "int8")
+    result = lmforge("compress", "report", run / "run", tmp_path / "pruned", tmp_path / "int8", "--repeats", "3",
+                     "--seq_len", "16", "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    original, pruned, int8 = report["rows"]
+    assert original["speedup_batch1"] == 1.0 and "top1_agreement" not in original
+    assert pruned["parameters"] < original["parameters"] and pruned["size_mb"] < original["size_mb"]
+    # The MLM decoder shares the embedding matrix in the original; quantized, it is its own int8 matrix.
+    backbone = json.loads((run / "run" / "config.json").read_text())["backbone"]
+    tied_decoder = backbone["vocab_size"] * backbone["n_embd"]
+    assert int8["parameters"] - original["parameters"] in (0, tied_decoder) and int8["size_ratio"] > 1.5
+    assert int8["top1_agreement"] >= 0.95 and int8["kl"] < 0.05
+    assert original["metric"] == "accuracy" and original["value"] >= 0.9
+    exact = lf.predict(run / "run", str(run / "train.txt"), output=str(tmp_path / "exact.jsonl"))
+    assert exact == 240
+    assert (tmp_path / "report" / "report.png").stat().st_size > 1000
+    assert "| pruned |" in (tmp_path / "report" / "report.md").read_text() and "| pruned |" in result.stdout

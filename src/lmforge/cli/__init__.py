@@ -165,6 +165,14 @@ def _distill(args, sections) -> None:
           f"(teacher {record['teacher_parameters']:,}) -> {args.out}")
 
 
+def _compress(args, sections) -> None:
+    q = args.report
+    report = api.compress_report(q.runs, q.out, data=q.data, seq_len=q.seq_len, repeats=q.repeats,
+                                 overwrite=q.overwrite)
+    print(report["markdown"])
+    print(f"-> {Path(q.out) / 'report.md'}, report.json, report.png")
+
+
 def _export(args, sections) -> None:
     record = api.export(args.run, args.out, format=args.format, overwrite=args.overwrite)
     print(f"exported {record['kind']} graph (ONNX opset {record['opset']}) -> {Path(args.out) / 'model.onnx'}")
@@ -203,6 +211,8 @@ VERBS: dict[str, Verb] = {
     "quantize": Verb(parsers.quantize_parser, _quantize, "quantize a run's weights (int8, int4) into a new run"),
     "prune": Verb(parsers.prune_parser, _prune, "prune a run's heads and neurons (or smallest weights) into a new run"),
     "distill": Verb(parsers.distill_parser, _distill, "train a smaller student from a fine-tuned teacher"),
+    "compress": Verb(parsers.compress_parser, _compress, "compare compressed runs with their original",
+                     parsers.compress_reports),
     "export": Verb(parsers.export_parser, _export, "export a run's model to ONNX for onnxruntime"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),

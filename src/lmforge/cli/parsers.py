@@ -8,8 +8,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lmforge.compress import METHODS as QUANTIZATION_METHODS
 from lmforge.compress.prune import IMPORTANCE as PRUNE_IMPORTANCE, PRUNE_METHODS
-from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, DistillConfig, MethodConfig, ModelSpec,
-                            StartConfig, TaskDataConfig, TrainConfig)
+from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, DistillConfig, MethodConfig,
+                            ModelSpec, StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.infer.sampling import SamplingParams
 from lmforge.runs.compare import DEFAULT_MODELS
 
@@ -250,6 +250,23 @@ def export_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, help="folder to create; written whole or not at all")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
+
+
+def compress_parser() -> ArgumentParser:
+    return verb_parser("Reports on compressed runs.")
+
+
+def compress_reports(p: ArgumentParser) -> None:
+    kinds = p.add_subcommands(dest="report_kind", required=True)
+    q = verb_parser("Compressed variants beside their original: size, parameters, CPU latency at batch 1 and 8, "
+                    "throughput, and quality (task metric, or perplexity) with agreement against the original.")
+    q.add_argument("runs", nargs="+", help="the original run directory first, then its variants")
+    q.add_argument("--out", required=True, help="folder for report.md, report.json and report.png")
+    q.add_argument("--data", default=None, help="language models: a text file to score")
+    q.add_argument("--seq_len", type=int, default=128, help="tokens per sequence in the latency runs")
+    q.add_argument("--repeats", type=int, default=20, help="timed calls per figure (the median is reported)")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    kinds.add_subcommand("report", q, help="size, latency and quality of compressed runs")
 
 
 def eval_parser() -> ArgumentParser:

@@ -143,7 +143,8 @@ def _build_job(cls: type[Task], settings: TaskSettings, start: StartConfig, trai
     recipe = {"task": cls.name, "data": data, "model": start, "method": method, "train": train,
               "balance": settings.balance, "augment": settings.augment, "decode": settings.decode}
     wrap = state.get("wrap_objective")
-    job = TrainingJob(model=net, objective=wrap(task) if wrap else task, loader=loader, evaluate=lambda m: None, recipe=recipe,
+    job = TrainingJob(model=net, objective=wrap(task) if wrap else task, loader=loader, evaluate=lambda m: None,
+                      recipe=recipe,
                       save_tokenizer=lambda d: tokenizer.save(d / "tokenizer.json"))
     job.evaluate = lambda m: _evaluate(m, job, state)
     return job
