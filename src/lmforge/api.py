@@ -28,6 +28,7 @@ from lmforge.runs.compare import DEFAULT_MODELS, compare as compare_models
 from lmforge.runs.demo import DEMO_PROMPTS, demo
 from lmforge.runs.export import export_run
 from lmforge.runs.finetune import finetune as finetune_run
+from lmforge.runs.harness_eval import evaluate_harness as evaluate_harness_run
 from lmforge.runs.predict import pipeline, predict
 from lmforge.runs.pretrain import pretrain
 from lmforge.runs.quantize import quantize_run
@@ -37,7 +38,7 @@ from lmforge.serve.app import create_app
 __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "MethodConfig", "ModelSpec",
            "StartConfig", "TaskDataConfig", "TrainConfig", "DEMO_PROMPTS", "prepare", "pretrain", "finetune",
            "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
-           "describe_conversion", "presets", "demo", "serve", "quantize", "export"]
+           "describe_conversion", "presets", "demo", "serve", "quantize", "export", "evaluate_harness"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -112,6 +113,17 @@ def presets() -> dict[str, int]:
 def evaluate_perplexity(run_dir: str | Path, data: str, **kwargs) -> dict:
     """Perplexity and bits per byte of a run's model on a text file or a prepared dataset's val split."""
     return perplexity_of_run(run_dir, data, **kwargs)
+
+
+def evaluate_harness(run_dir: str | Path, tasks, *, include_path: str | Path | None = None,
+                     num_fewshot: int | None = None, limit: int | float | None = None, batch_size: int = 16,
+                     device: str = "cpu") -> dict:
+    """lm-evaluation-harness `tasks` (names, or "a,b") on the decoder of `run_dir`, in process: log-likelihoods
+    from batched scoring, generations from the engine. Task YAMLs in `include_path` are found besides lm-eval's
+    own. lm-eval's results JSON (and each task's samples) are written into `run_dir/lm_eval/`; returns the results
+    with `results_path`. Needs `pip install lmforge[harness]`."""
+    return evaluate_harness_run(run_dir, tasks, include_path=include_path, num_fewshot=num_fewshot, limit=limit,
+                                batch_size=batch_size, device=device)
 
 
 def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool = False) -> dict:

@@ -154,9 +154,21 @@ def _presets(args, sections) -> None:
 
 
 def _eval(args, sections) -> None:
+    if args.metric == "harness":
+        _eval_harness(args.harness)
+        return
     q = args.perplexity
     result = api.evaluate_perplexity(q.model, q.data, stride=q.stride, batch_size=q.batch_size, device=q.device)
     print(json.dumps(result))
+
+
+def _eval_harness(h) -> None:
+    from lm_eval.utils import make_table  # lm-eval's own table; optional, and slow to import
+
+    results = api.evaluate_harness(h.model, h.tasks, include_path=h.include_path, num_fewshot=h.num_fewshot,
+                                   limit=h.limit, batch_size=h.batch_size, device=h.device)
+    print(make_table(results))
+    print(f"wrote {results['results_path']}")
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,19 @@ def eval_metrics(p: ArgumentParser) -> None:
     q.add_argument("--batch_size", type=int, default=8)
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     kinds.add_subcommand("perplexity", q, help="perplexity / bits per byte")
+    kinds.add_subcommand("harness", harness_parser(), help="lm-evaluation-harness tasks, in process")
+
+
+def harness_parser() -> ArgumentParser:
+    h = verb_parser("lm-evaluation-harness tasks on a run's decoder, in process; writes lm-eval's results JSON "
+                    "into RUN/lm_eval/.")
+    h.add_argument("--model", required=True, help="run directory of a decoder (GPT-family) model")
+    h.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    h.add_argument("--include_path", type=str | None, default=None, help="folder of extra task YAMLs")
+    h.add_argument("--num_fewshot", type=int | None, default=None, help="examples in each prompt (default: the "
+                                                                          "task's own)")
+    h.add_argument("--limit", type=float | None, default=None,
+                   help="examples per task: a count, or a fraction below 1")
+    h.add_argument("--batch_size", type=int, default=16)
+    h.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
+    return h
