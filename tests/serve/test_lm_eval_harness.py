@@ -13,11 +13,12 @@ import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 import torch
 
-import lmforge.api as lf
 from cli_run import assert_user_error, lmforge
+from lmforge.data.tokenizers import Tokenizer
 from lmforge.serve.app import create_app
 from live_server import LiveServer
 from reference_model import CONTEXT, GEN_TASK, MC_TASK, ROOT, TASKS, build_reference
@@ -145,6 +146,33 @@ def served(reference):
     _, run = reference
     with LiveServer(create_app(run, model_name="gpt2-random", max_slots=8)) as live:
         yield live
+
+
+def test_server_answers_local_completions_requests_like_lmforge_eval_harness(reference, in_process, served):
+    """The requests lm-eval 0.4's local-completions sends (read from its source: token ids, `max_tokens` 1, `echo`,
+    `logprobs` 1, in batches; the score is the sum of `token_logprobs[ctxlen:-1]`, greedy when each equals the
+    best of its `top_logprobs`), replayed over HTTP. This runs where lm-eval's API extra is not installed."""
+    _, run = reference
+    tok = Tokenizer.load(run)
+    _, samples = in_process
+    pairs = [(args, resp[0]) for row in samples[MC_TASK].values() for args, resp in zip(row["arguments"], row["resps"])]
+    for start in range(0, len(pairs), 8):
+        batch = pairs[start:start + 8]
+        prompts = [tok.encode(context + continuation) for (context, continuation), _ in batch]
+        body = {"model": "gpt2-random", "prompt": prompts, "temperature": 0, "max_tokens": 1, "logprobs": 1,
+                "seed": 1234, "echo": True}
+        answer = httpx.post(f"{served.url}/v1/completions", json=body, timeout=60).json()
+        for ((context, _), (ll, greedy)), choice in zip(batch, answer["choices"]):
+            lp, ctxlen = choice["logprobs"], len(tok.encode(context))
+            assert sum(lp["token_logprobs"][ctxlen:-1]) == pytest.approx(ll, abs=1e-5)
+            assert all(t == max(top.values()) for t, top in zip(lp["token_logprobs"][ctxlen:-1],
+                                                                lp["top_logprobs"][ctxlen:-1])) == greedy
+    for row in samples[GEN_TASK].values():
+        [(context, kwargs)] = row["arguments"]
+        body = {"model": "gpt2-random", "prompt": [tok.encode(context)], "max_tokens": kwargs["max_gen_toks"],
+                "temperature": 0, "stop": ["\n", "<|endoftext|>"], "seed": 1234}
+        text = httpx.post(f"{served.url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+        assert [[text.split("\n")[0]]] == row["resps"]
 
 
 @_needs("tenacity", "lm-eval's local-completions model")
