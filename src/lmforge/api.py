@@ -171,7 +171,7 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_k
     completions, the task runs in `task_models` ({"classify": RUN, ...}) and a web playground at `/`.
 
     `limits` go to `lmforge.serve.app.create_app` (max_prompt_tokens, max_tokens_limit, max_body_bytes,
-    max_concurrent, request_timeout, max_num_batched_tokens, model_name)."""
+    max_concurrent, request_timeout, max_num_batched_tokens, model_name, max_logprobs)."""
     import uvicorn  # the HTTP server is loaded only by the command that serves
 
     app = create_app(model, api_keys=tuple(api_keys or ()), task_models=task_models, max_slots=max_slots, **limits)

@@ -31,7 +31,8 @@ def build_reference(root: Path) -> tuple[Path, Path]:
     tok.save(hf_dir)
     eos = tok.id_to_token(tok.eos_id)
     PreTrainedTokenizerFast(tokenizer_file=str(hf_dir / "tokenizer.json"), eos_token=eos, bos_token=eos,
-                            pad_token=eos, model_max_length=CONTEXT).save_pretrained(hf_dir)
+                            pad_token=eos, model_max_length=CONTEXT,
+                            clean_up_tokenization_spaces=False).save_pretrained(hf_dir)
     # A wider initialisation than GPT-2's 0.02 makes the random model's choices clear-cut rather than near-ties.
     config = GPT2Config(vocab_size=tok.vocab_size, n_positions=CONTEXT, n_embd=64, n_layer=2, n_head=4,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.3,

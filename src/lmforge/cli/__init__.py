@@ -117,7 +117,7 @@ def _serve(args, sections) -> None:
               max_num_batched_tokens=args.max_num_batched_tokens, max_prompt_tokens=args.max_prompt_tokens,
               max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
               max_concurrent=args.max_concurrent, request_timeout=args.request_timeout,
-              model_name=args.model_name, dtype=args.dtype, device=args.device)
+              model_name=args.model_name, dtype=args.dtype, device=args.device, max_logprobs=args.max_logprobs)
 
 
 def _demo(args, sections) -> None:

@@ -140,6 +140,8 @@ def serve_parser() -> ArgumentParser:
     p.add_argument("--max_body_bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
     p.add_argument("--max_concurrent", type=int, default=64, help="requests in progress at once (429 beyond)")
     p.add_argument("--request_timeout", type=float, default=300.0, help="seconds per request (504 beyond)")
+    p.add_argument("--max_logprobs", type=int, default=20,
+                   help="most alternatives per scored token a request may ask for (logprobs, top_logprobs)")
     p.add_argument("--model_name", type=str | None, default=None,
                    help="model id clients pass (default: the run directory's name)")
     p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
