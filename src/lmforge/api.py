@@ -30,6 +30,7 @@ from lmforge.runs.export import export_run
 from lmforge.runs.finetune import finetune as finetune_run
 from lmforge.runs.harness_eval import evaluate_harness as evaluate_harness_run
 from lmforge.runs.predict import pipeline, predict
+from lmforge.runs.prompt_eval import prompt_eval as prompt_eval_run
 from lmforge.runs.pretrain import pretrain
 from lmforge.runs.quantize import quantize_run
 from lmforge.runs.rundir import check_out, load
@@ -38,7 +39,7 @@ from lmforge.serve.app import create_app
 __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "MethodConfig", "ModelSpec",
            "StartConfig", "TaskDataConfig", "TrainConfig", "DEMO_PROMPTS", "prepare", "pretrain", "finetune",
            "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
-           "describe_conversion", "presets", "demo", "serve", "quantize", "export", "evaluate_harness"]
+           "describe_conversion", "presets", "demo", "serve", "quantize", "export", "evaluate_harness", "prompt_eval"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -124,6 +125,17 @@ def evaluate_harness(run_dir: str | Path, tasks, *, include_path: str | Path | N
     with `results_path`. Needs `pip install lmforge[harness]`."""
     return evaluate_harness_run(run_dir, tasks, include_path=include_path, num_fewshot=num_fewshot, limit=limit,
                                 batch_size=batch_size, device=device)
+
+
+def prompt_eval(run_dir: str | Path, *, data: str | Path, train: str | Path, template: str | Path,
+                shots=(0, 1, 4, 8), seeds: int = 5, balanced: bool = False, limit: int | None = None,
+                out: str | Path, finetuned: str | Path | None = None, device: str = "cpu") -> dict:
+    """Classification by prompting the decoder of `run_dir`: each label's verbaliser in `template` (a YAML file or
+    a built-in `TASK/PATTERN`) scored after 0..k exemplars from `train`, accuracy on `data` per number of shots as
+    mean ± std over `seeds` exemplar draws, with and without contextual calibration, beside the fine-tuned run
+    `finetuned` when given. Writes `out/prompt_eval.json` and `.md`; returns the JSON."""
+    return prompt_eval_run(run_dir, data=data, train=train, template=template, shots=shots, seeds=seeds,
+                           balanced=balanced, limit=limit, out=out, finetuned=finetuned, device=device)
 
 
 def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool = False) -> dict:

@@ -171,6 +171,14 @@ def _eval_harness(h) -> None:
     print(f"wrote {results['results_path']}")
 
 
+def _prompt(args, sections) -> None:
+    p = args.eval
+    shots = [int(k) for k in str(p.shots).split(",") if k.strip()]
+    api.prompt_eval(p.model, data=p.data, train=p.train, template=p.template, shots=shots, seeds=p.seeds,
+                    balanced=p.balanced, limit=p.limit, out=p.out, finetuned=p.finetuned, device=p.device)
+    print((Path(p.out) / "prompt_eval.md").read_text())
+
+
 @dataclass(frozen=True)
 class Verb:
     parser: Callable[[], ArgumentParser]
@@ -194,6 +202,7 @@ VERBS: dict[str, Verb] = {
     "export": Verb(parsers.export_parser, _export, "export a run's model to ONNX for onnxruntime"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
+    "prompt": Verb(parsers.prompt_parser, _prompt, "classify by prompting a decoder", parsers.prompt_commands),
 }
 
 
