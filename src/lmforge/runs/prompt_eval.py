@@ -97,8 +97,11 @@ def prompt_eval(run_dir: str | Path, *, data: str | Path, train: str | Path, tem
     examples = _read(data, tpl, "validation")
     examples = examples[:limit] if limit else examples
     pool = _read(train, tpl, "training")
+    # Mistakes in the template or the shots are reported before the model loads.
+    tpl.fill(examples[0])
+    tpl.exemplar(pool[0])
     for k in shots:
-        select_exemplars(pool, k, 0, tpl)  # more shots than examples is reported before the model loads
+        select_exemplars(pool, k, 0, tpl)
     model, tokenizer = load(run_dir, device=device)
     rows = []
     for k in shots:
