@@ -247,7 +247,7 @@ def prompt_commands(p: ArgumentParser) -> None:
     e.add_argument("--balanced", action="store_true", help="draw exemplars evenly over the labels")
     e.add_argument("--limit", type=int | None, default=None, help="score only the first N validation examples")
     e.add_argument("--finetuned", type=str | None, default=None, help="a fine-tuned run to show beside")
-    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     e.add_argument("--out", required=True, help="folder for prompt_eval.json and prompt_eval.md")
     commands.add_subcommand("eval", e, help="prompted accuracy over shots and seeds")
 
@@ -263,5 +263,5 @@ def harness_parser() -> ArgumentParser:
     h.add_argument("--limit", type=float | None, default=None,
                    help="examples per task: a count, or a fraction below 1")
     h.add_argument("--batch_size", type=int, default=16)
-    h.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
+    h.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     return h
