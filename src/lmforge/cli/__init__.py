@@ -163,10 +163,10 @@ def _eval(args, sections) -> None:
 
 
 def _eval_harness(h) -> None:
-    from lm_eval.utils import make_table  # lm-eval's own table; optional, and slow to import
-
     results = api.evaluate_harness(h.model, h.tasks, include_path=h.include_path, num_fewshot=h.num_fewshot,
                                    limit=h.limit, batch_size=h.batch_size, device=h.device)
+    from lm_eval.utils import make_table  # lm-eval's own table (the evaluation above needed lm-eval too)
+
     print(make_table(results))
     print(f"wrote {results['results_path']}")
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from lmforge.atomic import write_json_atomic, write_text_atomic
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.runs.harness_model import harness_model
+from lmforge.runs.harness_model import harness_model, require_lm_eval
 from lmforge.runs.rundir import load
 
 RESULTS_DIR = "lm_eval"
@@ -61,6 +61,7 @@ def evaluate_harness(run_dir: str | Path, tasks: str | Sequence[str], *, include
     """lm-eval's results for `tasks` on the decoder of `run_dir`; written into `run_dir/lm_eval/`.
 
     Returns lm-eval's result dictionary (without the per-example samples) plus `results_path`."""
+    require_lm_eval()
     from lm_eval import simple_evaluate  # optional, and slow to import
 
     run_dir = Path(run_dir)

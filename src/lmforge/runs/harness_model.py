@@ -14,6 +14,7 @@ only then.
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Sequence
 
 import torch.nn as nn
@@ -137,8 +138,14 @@ class HarnessMethods:
         return prompt, SamplingParams(temperature=0.0, max_new_tokens=max_new, stop=[s for s in until if s])
 
 
+def require_lm_eval() -> None:
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError("lm-evaluation-harness is not installed", "pip install 'lmforge[harness]'")
+
+
 def harness_model(model: nn.Module, tokenizer, **settings):
     """An lm-eval `TemplateLM` instance over `model` (settings: batch_size, max_batch_tokens)."""
+    require_lm_eval()
     from lm_eval.api.model import TemplateLM  # optional, and a few seconds to import
 
     cls = type("LmforgeLM", (HarnessMethods, TemplateLM), {"__module__": __name__})
