@@ -28,7 +28,9 @@ from lmforge.runs.compare import DEFAULT_MODELS, compare as compare_models
 from lmforge.runs.demo import DEMO_PROMPTS, demo
 from lmforge.runs.export import export_run
 from lmforge.runs.finetune import finetune as finetune_run
+from lmforge.runs.harness_eval import evaluate_harness as evaluate_harness_run
 from lmforge.runs.predict import pipeline, predict
+from lmforge.runs.prompt_eval import prompt_eval as prompt_eval_run
 from lmforge.runs.pretrain import pretrain
 from lmforge.runs.distill import distill as distill_run
 from lmforge.runs.prune import prune_run
@@ -41,7 +43,7 @@ __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "Dist
            "StartConfig", "TaskDataConfig", "TrainConfig", "DEMO_PROMPTS", "prepare", "pretrain", "finetune",
            "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
            "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill", "compress_report",
-           "export"]
+           "export", "evaluate_harness", "prompt_eval"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -116,6 +118,28 @@ def presets() -> dict[str, int]:
 def evaluate_perplexity(run_dir: str | Path, data: str, **kwargs) -> dict:
     """Perplexity and bits per byte of a run's model on a text file or a prepared dataset's val split."""
     return perplexity_of_run(run_dir, data, **kwargs)
+
+
+def evaluate_harness(run_dir: str | Path, tasks, *, include_path: str | Path | None = None,
+                     num_fewshot: int | None = None, limit: int | float | None = None, batch_size: int = 16,
+                     device: str = "cpu") -> dict:
+    """lm-evaluation-harness `tasks` (names, or "a,b") on the decoder of `run_dir`, in process: log-likelihoods
+    from batched scoring, generations from the engine. Task YAMLs in `include_path` are found besides lm-eval's
+    own. lm-eval's results JSON (and each task's samples) are written into `run_dir/lm_eval/`; returns the results
+    with `results_path`. Needs `pip install lmforge[harness]`."""
+    return evaluate_harness_run(run_dir, tasks, include_path=include_path, num_fewshot=num_fewshot, limit=limit,
+                                batch_size=batch_size, device=device)
+
+
+def prompt_eval(run_dir: str | Path, *, data: str | Path, train: str | Path, template: str | Path,
+                shots=(0, 1, 4, 8), seeds: int = 5, balanced: bool = False, limit: int | None = None,
+                out: str | Path, finetuned: str | Path | None = None, device: str = "cpu") -> dict:
+    """Classification by prompting the decoder of `run_dir`: each label's verbaliser in `template` (a YAML file or
+    a built-in `TASK/PATTERN`) scored after 0..k exemplars from `train`, accuracy on `data` per number of shots as
+    mean ± std over `seeds` exemplar draws, with and without contextual calibration, beside the fine-tuned run
+    `finetuned` when given. Writes `out/prompt_eval.json` and `.md`; returns the JSON."""
+    return prompt_eval_run(run_dir, data=data, train=train, template=template, shots=shots, seeds=seeds,
+                           balanced=balanced, limit=limit, out=out, finetuned=finetuned, device=device)
 
 
 def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool = False) -> dict:
@@ -194,7 +218,7 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_k
     completions, the task runs in `task_models` ({"classify": RUN, ...}) and a web playground at `/`.
 
     `limits` go to `lmforge.serve.app.create_app` (max_prompt_tokens, max_tokens_limit, max_body_bytes,
-    max_concurrent, request_timeout, max_num_batched_tokens, model_name)."""
+    max_concurrent, request_timeout, max_num_batched_tokens, model_name, max_logprobs)."""
     import uvicorn  # the HTTP server is loaded only by the command that serves
 
     app = create_app(model, api_keys=tuple(api_keys or ()), task_models=task_models, max_slots=max_slots, **limits)

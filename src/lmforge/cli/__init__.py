@@ -117,7 +117,7 @@ def _serve(args, sections) -> None:
               max_num_batched_tokens=args.max_num_batched_tokens, max_prompt_tokens=args.max_prompt_tokens,
               max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
               max_concurrent=args.max_concurrent, request_timeout=args.request_timeout,
-              model_name=args.model_name, dtype=args.dtype, device=args.device)
+              model_name=args.model_name, dtype=args.dtype, device=args.device, max_logprobs=args.max_logprobs)
 
 
 def _demo(args, sections) -> None:
@@ -184,9 +184,29 @@ def _presets(args, sections) -> None:
 
 
 def _eval(args, sections) -> None:
+    if args.metric == "harness":
+        _eval_harness(args.harness)
+        return
     q = args.perplexity
     result = api.evaluate_perplexity(q.model, q.data, stride=q.stride, batch_size=q.batch_size, device=q.device)
     print(json.dumps(result))
+
+
+def _eval_harness(h) -> None:
+    results = api.evaluate_harness(h.model, h.tasks, include_path=h.include_path, num_fewshot=h.num_fewshot,
+                                   limit=h.limit, batch_size=h.batch_size, device=h.device)
+    from lm_eval.utils import make_table  # lm-eval's own table (the evaluation above needed lm-eval too)
+
+    print(make_table(results))
+    print(f"wrote {results['results_path']}")
+
+
+def _prompt(args, sections) -> None:
+    p = args.eval
+    shots = [int(k) for k in str(p.shots).split(",") if k.strip()]
+    api.prompt_eval(p.model, data=p.data, train=p.train, template=p.template, shots=shots, seeds=p.seeds,
+                    balanced=p.balanced, limit=p.limit, out=p.out, finetuned=p.finetuned, device=p.device)
+    print((Path(p.out) / "prompt_eval.md").read_text())
 
 
 @dataclass(frozen=True)
@@ -216,6 +236,7 @@ VERBS: dict[str, Verb] = {
     "export": Verb(parsers.export_parser, _export, "export a run's model to ONNX for onnxruntime"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
+    "prompt": Verb(parsers.prompt_parser, _prompt, "classify by prompting a decoder", parsers.prompt_commands),
 }
 
 

@@ -163,6 +163,8 @@ def serve_parser() -> ArgumentParser:
     p.add_argument("--max_body_bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
     p.add_argument("--max_concurrent", type=int, default=64, help="requests in progress at once (429 beyond)")
     p.add_argument("--request_timeout", type=float, default=300.0, help="seconds per request (504 beyond)")
+    p.add_argument("--max_logprobs", type=int, default=20,
+                   help="most alternatives per scored token a request may ask for (logprobs, top_logprobs)")
     p.add_argument("--model_name", type=str | None, default=None,
                    help="model id clients pass (default: the run directory's name)")
     p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -283,3 +285,42 @@ def eval_metrics(p: ArgumentParser) -> None:
     q.add_argument("--batch_size", type=int, default=8)
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     kinds.add_subcommand("perplexity", q, help="perplexity / bits per byte")
+    kinds.add_subcommand("harness", harness_parser(), help="lm-evaluation-harness tasks, in process")
+
+
+def prompt_parser() -> ArgumentParser:
+    return verb_parser("Classify by prompting a decoder: templates, few-shot exemplars, calibration.")
+
+
+def prompt_commands(p: ArgumentParser) -> None:
+    commands = p.add_subcommands(dest="command", required=True)
+    e = verb_parser("Accuracy of label-likelihood classification per number of shots, mean ± std over exemplar "
+                    "draws, with and without contextual calibration; writes OUT/prompt_eval.json and .md.")
+    e.add_argument("--model", required=True, help="run directory of a decoder model")
+    e.add_argument("--data", required=True, help="validation file of a classification task (e.g. label_text)")
+    e.add_argument("--train", required=True, help="training file the exemplars are drawn from")
+    e.add_argument("--template", required=True, help="YAML template file, or a built-in TASK/PATTERN such as "
+                                                     "sst2/cloze, sst2/instruction, sst2/qa, trec/cloze")
+    e.add_argument("--shots", default="0,1,4,8", help="comma-separated numbers of exemplars")
+    e.add_argument("--seeds", type=int, default=5, help="exemplar draws per number of shots")
+    e.add_argument("--balanced", action="store_true", help="draw exemplars evenly over the labels")
+    e.add_argument("--limit", type=int | None, default=None, help="score only the first N validation examples")
+    e.add_argument("--finetuned", type=str | None, default=None, help="a fine-tuned run to show beside")
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
+    e.add_argument("--out", required=True, help="folder for prompt_eval.json and prompt_eval.md")
+    commands.add_subcommand("eval", e, help="prompted accuracy over shots and seeds")
+
+
+def harness_parser() -> ArgumentParser:
+    h = verb_parser("lm-evaluation-harness tasks on a run's decoder, in process; writes lm-eval's results JSON "
+                    "into RUN/lm_eval/.")
+    h.add_argument("--model", required=True, help="run directory of a decoder (GPT-family) model")
+    h.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    h.add_argument("--include_path", type=str | None, default=None, help="folder of extra task YAMLs")
+    h.add_argument("--num_fewshot", type=int | None, default=None, help="examples in each prompt (default: the "
+                                                                          "task's own)")
+    h.add_argument("--limit", type=float | None, default=None,
+                   help="examples per task: a count, or a fraction below 1")
+    h.add_argument("--batch_size", type=int, default=16)
+    h.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
+    return h
