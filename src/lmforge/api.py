@@ -26,6 +26,7 @@ from lmforge.models.gpt import count_parameters
 from lmforge.models.registry import PRESETS, build_model
 from lmforge.runs.compare import DEFAULT_MODELS, compare as compare_models
 from lmforge.runs.demo import DEMO_PROMPTS, demo
+from lmforge.runs.explain import explain as explain_run, explain_eval as explain_eval_run
 from lmforge.runs.export import export_run
 from lmforge.runs.finetune import finetune as finetune_run
 from lmforge.runs.harness_eval import evaluate_harness as evaluate_harness_run
@@ -43,7 +44,7 @@ __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "Dist
            "StartConfig", "TaskDataConfig", "TrainConfig", "DEMO_PROMPTS", "prepare", "pretrain", "finetune",
            "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
            "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill", "compress_report",
-           "export", "evaluate_harness", "prompt_eval"]
+           "export", "evaluate_harness", "prompt_eval", "explain", "explain_eval"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -226,3 +227,25 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_k
         print(f"warning: serving on {host} without an API key: anyone who can reach this port can use the model",
               flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def explain(model: str | Path, *, text: str | None = None, input: str | None = None, method: str = "attention",
+            target: str | None = None, out: str | Path, steps: int | None = None, overwrite: bool = False,
+            device: str = "cpu") -> list[dict]:
+    """Explain `text` (or each line of the file `input`) as the run `model` reads it. `method`: attention, rollout,
+    ig (integrated gradients on the token embeddings, completeness delta reported), saliency (gradient x input) or
+    logit-lens (decoder language models). `target`: a classifier's label, a tagger's TAG or TAG@WORD, a language
+    model's next token (default: the prediction). Writes `out` (explanations.json, attention.json for bertviz,
+    viewer.html, plots/) whole or not at all; returns the explanations."""
+    return explain_run(model, text=text, input=input, method=method, target=target, out=out, steps=steps,
+                       overwrite=overwrite, device=device)
+
+
+def explain_eval(model: str | Path, data: str, *, methods="ig,rollout,attention", limit: int | None = None,
+                 fraction: float = 0.2, steps: int | None = None, seed: int = 0, output: str | Path | None = None,
+                 device: str = "cpu") -> dict:
+    """How faithful each method's token scores are for the classifier `model` on the labelled file `data`: ERASER
+    comprehensiveness and sufficiency at `fraction` of the tokens against random tokens, integrated gradients'
+    completeness error, and the rank correlation between methods. Writes the report to `output` when given."""
+    return explain_eval_run(model, data, methods=methods, limit=limit, fraction=fraction, steps=steps, seed=seed,
+                            out=output, device=device)

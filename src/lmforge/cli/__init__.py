@@ -207,6 +207,21 @@ def _prompt(args, sections) -> None:
     api.prompt_eval(p.model, data=p.data, train=p.train, template=p.template, shots=shots, seeds=p.seeds,
                     balanced=p.balanced, limit=p.limit, out=p.out, finetuned=p.finetuned, device=p.device)
     print((Path(p.out) / "prompt_eval.md").read_text())
+def _explain(args, sections) -> None:
+    if args.get("action") == "eval":
+        e = args.eval
+        report = api.explain_eval(e.model, e.data, methods=e.method, limit=e.limit, fraction=e.fraction,
+                                  steps=e.steps, seed=e.seed, output=e.output, device=e.device)
+        print(json.dumps(report, indent=2))
+        return
+    if not args.model or not args.out:
+        raise ConfigError("explain needs --model and --out", "e.g. lmforge explain --model RUN --text '...' --out DIR")
+    records = api.explain(args.model, text=args.text, input=args.input, method=args.method, target=args.target,
+                          out=args.out, steps=args.steps, overwrite=args.overwrite, device=args.device)
+    for r in records:
+        target = r["target"].get("label", r["target"].get("token"))
+        print(f"{r['method']}: {target!r} p={r['probability']:.4f}  {r['text'][:60]}")
+    print(f"wrote {args.out}: explanations.json, attention.json, viewer.html, plots/")
 
 
 @dataclass(frozen=True)
@@ -237,6 +252,8 @@ VERBS: dict[str, Verb] = {
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
     "prompt": Verb(parsers.prompt_parser, _prompt, "classify by prompting a decoder", parsers.prompt_commands),
+    "explain": Verb(parsers.explain_parser, _explain, "explain a run's outputs: attributions, attention, viewer",
+                    parsers.explain_actions),
 }
 
 

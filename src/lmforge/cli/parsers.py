@@ -324,3 +324,39 @@ def harness_parser() -> ArgumentParser:
     h.add_argument("--batch_size", type=int, default=16)
     h.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     return h
+
+
+def explain_parser() -> ArgumentParser:
+    p = verb_parser("Explain a run's output for a text: token attributions (attention, rollout, integrated gradients, "
+                    "gradient x input) or the logit lens, written as JSON, PNG heatmaps, an HTML viewer and a bertviz "
+                    "export. `lmforge explain eval` scores how faithful the attributions are on a dataset.")
+    p.add_argument("--model", default=None, help="run directory: a fine-tuned classifier or tagger, or a language model")
+    p.add_argument("--text", default=None, help="the text to explain")
+    p.add_argument("--input", default=None, help="a file of texts to explain, one per line")
+    p.add_argument("--method", default="attention", choices=["attention", "rollout", "ig", "saliency", "logit-lens"])
+    p.add_argument("--target", default=None,
+                   help="classifier: a LABEL (default: the predicted one); tagger: TAG or TAG@WORD_INDEX; language "
+                        "model: the next TOKEN (default: the most probable)")
+    p.add_argument("--steps", type=int | None, default=None,
+                   help="integrated-gradients steps (default: 32, 64, ... until the completeness error is <= 1%)")
+    p.add_argument("--out", default=None, help="folder to write (whole or not at all)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
+    return p
+
+
+def explain_actions(p: ArgumentParser) -> None:
+    actions = p.add_subcommands(dest="action", required=False)
+    e = verb_parser("ERASER comprehensiveness and sufficiency of the top-k% tokens by each method against random "
+                    "tokens, integrated gradients' completeness error, and rank correlation between methods, over a "
+                    "classifier's labelled data.")
+    e.add_argument("--model", required=True, help="run directory of a fine-tuned classifier")
+    e.add_argument("--data", required=True, help="labelled file in the run's format (e.g. a validation split)")
+    e.add_argument("--method", default="ig,rollout,attention", help="comma-separated: ig, rollout, attention")
+    e.add_argument("--limit", type=int | None, default=None, help="the first N examples only")
+    e.add_argument("--fraction", type=float, default=0.2, help="share of the tokens deleted or kept (k)")
+    e.add_argument("--steps", type=int | None, default=None, help="integrated-gradients steps (default: adaptive)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random-token comparison")
+    e.add_argument("--output", default=None, help="JSON file for the report and every example's figures")
+    e.add_argument("--device", default="cpu")
+    actions.add_subcommand("eval", e, help="faithfulness of the attributions on a dataset")
