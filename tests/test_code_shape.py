@@ -34,6 +34,7 @@ LAZY_IMPORTS: dict[str, str] = {
     "nltk": "word segmentation for Chinese QA scoring, slow to import",
     "seqeval": "entity scoring (it imports scikit-learn), computed only by NER evaluation",
     "onnx": "reading ONNX graphs, needed only by `lmforge export` (slow to import: it loads protobuf)",
+    "opacus": "DP-SGD, loaded only by runs with --privacy (several seconds to import)",
 }
 
 
