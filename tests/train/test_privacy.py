@@ -14,11 +14,13 @@ import torch.nn.functional as F
 import lmforge.api as lf
 from lmforge.cli import main
 from lmforge.config import MethodConfig, PrivacyConfig, StartConfig, TaskDataConfig, TrainConfig
+from lmforge.data.loaders import LMWindowLoader
 from lmforge.errors import ConfigError
 from lmforge.models.heads import TaskModel, TaskModelConfig
 from lmforge.models.registry import build_model, preset_config
 from lmforge.tasks.base import ExampleLoader, pad_batch
 from lmforge.train.methods import apply_method
+from lmforge.train.objectives import CausalLM, as_batch
 from lmforge.train.trainer import Trainer
 
 opacus = pytest.importorskip("opacus")
@@ -76,6 +78,28 @@ def test_per_example_gradients_equal_a_loop_over_single_examples(tmp_path, metho
     net = _classifier(method)
     reference = copy.deepcopy(net)  # before Opacus's hooks and the step
     trainer = _trainer(tmp_path, net, _features(64), PrivacyConfig(noise_multiplier=1.0, max_grad_norm=1e9))
+    trained = _check_against_loop(trainer, net, reference, Classify())
+    if method == "lora":
+        assert all("lora_" in n or n.startswith(("head.", "backbone.pooler.")) for n in trained)
+
+
+def test_per_example_gradients_of_gpt_pretraining_windows_equal_a_loop(tmp_path):
+    torch.manual_seed(0)
+    net = build_model(preset_config("debug", vocab_size=40, block_size=16, n_layer=2, n_embd=32, n_head=4,
+                                    dropout=0.0))
+    reference = copy.deepcopy(net)
+    tokens = np.random.default_rng(0).integers(0, 40, 2000).astype(np.uint16)
+    loader = LMWindowLoader(tokens, 16, 8, seed=0)
+    cfg = TrainConfig(batch_size=8, max_steps=2, lr=1e-2, warmup_steps=0, progress=False, schedule="constant")
+    trainer = Trainer(net, loader, cfg, tmp_path, objective=CausalLM(),
+                      privacy=PrivacyConfig(noise_multiplier=1.0, max_grad_norm=1e9))
+    trained = _check_against_loop(trainer, net, reference, CausalLM(), per_unit=16)
+    assert "wte.weight" in trained  # tied to the output layer: both uses are in its per-example gradient
+
+
+def _check_against_loop(trainer, net, reference, objective, per_unit: int = 1) -> set[str]:
+    """Run one DP step, recording Opacus's per-example gradients before clipping, and compare each with
+    the gradient of that example's own loss per unit (`per_unit` units per example) on a copy of the model."""
     seen = {}
     clip = trainer.optimizer.clip_and_accumulate
 
@@ -84,23 +108,20 @@ def test_per_example_gradients_equal_a_loop_over_single_examples(tmp_path, metho
         clip()
 
     trainer.optimizer.clip_and_accumulate = record
-    batch = trainer.loader.next_batch()
+    batch = as_batch(trainer.loader.next_batch())
     trainer.train_step([batch])
     rows = batch["input_ids"].shape[0]
     assert rows > 0
-    names = {id(p): n for n, p in net.named_parameters()}
-    trained = {names[id(p)] for p in trainer.optimizer.params}
+    id_of = {n: id(p) for n, p in net.named_parameters()}
+    trained = sorted(n for n, p in net.named_parameters() if id(p) in seen)
     ref_params = dict(reference.named_parameters())
-    objective = Classify()
     for i in range(rows):
         single = {k: v[i:i + 1] for k, v in batch.items()}
-        loss = objective(reference, single)["cls"]
-        grads = torch.autograd.grad(loss, [ref_params[n] for n in sorted(trained)])
-        for name, g in zip(sorted(trained), grads):
-            p_id = next(k for k, v in names.items() if v == name)
-            torch.testing.assert_close(seen[p_id][i], g, rtol=1e-4, atol=1e-6, msg=f"{name}, example {i}")
-    if method == "lora":
-        assert all("lora_" in n or n.startswith(("head.", "backbone.pooler.")) for n in trained)
+        loss = sum(objective(reference, single).values()) / per_unit
+        grads = torch.autograd.grad(loss, [ref_params[n] for n in trained])
+        for name, g in zip(trained, grads):
+            torch.testing.assert_close(seen[id_of[name]][i], g, rtol=1e-4, atol=1e-6, msg=f"{name}, example {i}")
+    return set(trained)
 
 
 def test_an_empty_poisson_draw_is_a_noise_only_step_that_is_counted(tmp_path):
@@ -241,7 +262,7 @@ def _cli(root: Path, out: Path, *extra: str) -> list[str]:
     (["--model.init", "bert-debug", "--privacy.epsilon", "8", "--privacy.noise_multiplier", "1"], "both set"),
     (["--model.init", "bert-debug", "--privacy.epsilon", "8", "--privacy.delta", "0.005"], "below 1 / N"),
     (["--model.init", "bert-debug", "--privacy.epsilon", "8", "--train.grad_accum", "2"], "grad_accum must be 1"),
-    (["--model.init", "lstm-debug", "--privacy.epsilon", "8"], "backbone.rnn"),
+    (["--model.init", "lstm-debug", "--model.vocab_size", "300", "--privacy.epsilon", "8"], "backbone.rnn"),
 ])
 def test_bad_privacy_input_is_one_error_line_with_exit_2(sentiment, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -8,6 +8,7 @@ Each example joins a step's batch independently with probability q (Opacus's
 UniformWithReplacementSampler), which is what the accountant's privacy analysis assumes; a step's
 randomness is drawn from (seed, step), so a resumed run sees the batches an uninterrupted one would.
 The accountant's history goes into every checkpoint, so a resumed run reports the same epsilon.
+Language-model pretraining samples non-overlapping windows of the token stream the same way.
 
 Per-example loss: the trainer's loss divides each term by its units over the batch, and Opacus
 (loss_reduction "mean") multiplies the backpropagated gradient by the batch's rows, so an example's
@@ -81,6 +82,11 @@ class PrivateTraining:
             raise ConfigError(f"privacy.delta ({self.delta:g}) must be below 1 / N = {1 / self.examples:.3g} for "
                               f"N = {self.examples:,} training examples",
                               f"pass e.g. --privacy.delta {_round_down(0.1 / self.examples):g}")
+        for module in model.modules():
+            if getattr(module, "sums_loss_from_labels", False):
+                # The fused loss reads the (tied) output weight outside lm_head's forward, where Opacus's
+                # hooks cannot see it; the logits go through lm_head instead.
+                module.sums_loss_from_labels = False
         self.frozen = freeze_unreached(model, objective, loader)
         check_layers(model)
         self.tolerance = 1e-2 if precision in ("bf16", "fp16") else 1e-3
