@@ -37,6 +37,7 @@ LAZY_IMPORTS: dict[str, str] = {
     "lm_eval": "optional (the `harness` extra), seconds to import; only `lmforge eval harness` needs it",
     "captum": "attribution methods, used only by `lmforge explain` (slow to import: it loads matplotlib and scipy)",
     "scipy": "rank correlation, computed only by `lmforge explain eval` (scipy.stats is slow to import)",
+    "opacus": "DP-SGD, loaded only by runs with --privacy (several seconds to import)",
 }
 
 

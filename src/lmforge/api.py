@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, DistillConfig, MethodConfig,
-                            ModelSpec, StartConfig, TaskDataConfig, TrainConfig)
+                            ModelSpec, PrivacyConfig, StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.data.shards import prepare_dataset
 from lmforge.eval.perplexity import perplexity_of_run
 from lmforge.infer.chat import chat_loop
@@ -41,7 +41,8 @@ from lmforge.runs.rundir import check_out, load
 from lmforge.serve.app import create_app
 
 __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "DistillConfig", "MethodConfig", "ModelSpec",
-           "StartConfig", "TaskDataConfig", "TrainConfig", "DEMO_PROMPTS", "prepare", "pretrain", "finetune",
+           "StartConfig", "TaskDataConfig", "TrainConfig", "PrivacyConfig", "DEMO_PROMPTS", "prepare", "pretrain",
+           "finetune",
            "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
            "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill", "compress_report",
            "export", "evaluate_harness", "prompt_eval", "explain", "explain_eval"]
@@ -204,13 +205,15 @@ def compare(data: str, budget_seconds: float, out: str | Path, *, models=None, t
 
 
 def finetune(task: str, *, data, model, out: str | Path, method=None, train: TrainConfig | None = None,
-             balance=None, augment=None, decode=None, resume: bool = False) -> dict:
+             balance=None, augment=None, decode=None, resume: bool = False,
+             privacy: PrivacyConfig | None = None) -> dict:
     """Fine-tune `model` (run directory, Hugging Face folder or preset) for `task` on `data`
-    (a `TaskDataConfig`, or a path to the training file); returns the summary with validation metrics."""
+    (a `TaskDataConfig`, or a path to the training file); returns the summary with validation metrics.
+    A `privacy` section with an epsilon or a noise multiplier trains with DP-SGD (Opacus)."""
     data = TaskDataConfig(train=data) if isinstance(data, str) else data
     model = StartConfig(init=model) if isinstance(model, str) else model
     return finetune_run(task, data=data, model=model, out=out, method=method, train=train, balance=balance,
-                        augment=augment, decode=decode, resume=resume)
+                        augment=augment, decode=decode, resume=resume, privacy=privacy)
 
 
 def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_keys=(), task_models=None,

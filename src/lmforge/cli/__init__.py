@@ -66,7 +66,8 @@ def _prepare(args, sections) -> None:
 
 def _pretrain(args, sections) -> None:
     summary = api.pretrain(sections.data, sections.model, out=args.out, train=sections.train,
-                           objective=args.objective, resume=args.resume, init_from=args.init_from)
+                           objective=args.objective, resume=args.resume, init_from=args.init_from,
+                           privacy=sections.privacy)
     if summary.get("val_loss") is not None:
         ppl = f", val ppl {summary['val_ppl']:.2f}" if summary.get("val_ppl") is not None else ""
         print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}{ppl} -> {args.out}")
@@ -75,7 +76,7 @@ def _pretrain(args, sections) -> None:
 def _finetune(args, sections) -> None:
     summary = api.finetune(args.task, data=sections.data, model=sections.model, method=sections.method,
                            train=sections.train, balance=sections.balance, augment=sections.augment,
-                           decode=sections.decode, out=args.out, resume=args.resume)
+                           decode=sections.decode, out=args.out, resume=args.resume, privacy=sections.privacy)
     metric = summary.get("main_metric")
     shown = f", {metric} {summary[metric]:.4f}" if summary.get(metric) is not None else ""
     print(f"done: {summary['steps']} steps, val loss {summary.get('val_loss') or float('nan'):.4f}{shown} "

@@ -9,7 +9,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lmforge.compress import METHODS as QUANTIZATION_METHODS
 from lmforge.compress.prune import IMPORTANCE as PRUNE_IMPORTANCE, PRUNE_METHODS
 from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, DistillConfig, MethodConfig,
-                            ModelSpec, StartConfig, TaskDataConfig, TrainConfig)
+                            ModelSpec, PrivacyConfig, StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.infer.sampling import SamplingParams
 from lmforge.runs.compare import DEFAULT_MODELS
 
@@ -50,6 +50,7 @@ def pretrain_parser() -> ArgumentParser:
     p.add_class_arguments(DataConfig, "data")
     p.add_class_arguments(ModelSpec, "model")
     p.add_class_arguments(TrainConfig, "train")
+    p.add_class_arguments(PrivacyConfig, "privacy")
     p.add_argument("--objective", type=str | None, default=None,
                    help="training objective (default: the model family's own: clm for GPT, mlm for BERT; "
                         "BERT also takes mlm+nsp and mlm+sop)")
@@ -73,6 +74,7 @@ def finetune_parser() -> ArgumentParser:
     p.add_class_arguments(BalanceConfig, "balance")
     p.add_class_arguments(AugmentConfig, "augment")
     p.add_class_arguments(DecodeConfig, "decode")
+    p.add_class_arguments(PrivacyConfig, "privacy")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     return p

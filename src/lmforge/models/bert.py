@@ -97,9 +97,11 @@ class Embeddings(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        T = input_ids.shape[1]
-        positions = torch.arange(T, device=input_ids.device)
-        pos = self.wpe(positions) if self.position == "learned" else self.wpe_table[:T]  # (T, C)
+        B, T = input_ids.shape
+        # One row of positions per example, as in GPT: per-example gradient rules (DP-SGD) need the batch
+        # dimension on every layer's input.
+        positions = torch.arange(T, device=input_ids.device)[None].expand(B, T)
+        pos = self.wpe(positions) if self.position == "learned" else self.wpe_table[:T]  # (B, T, C) or (T, C)
         x = self.wte(input_ids) + self.wtt(token_type_ids) + pos  # (B, T, C)
         return self.drop(self.ln(x))
 

@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 
 from lmforge.atomic import save_safetensors_atomic, write_json_atomic
-from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, StartConfig, TaskDataConfig,
-                            TrainConfig)
+from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, PrivacyConfig, StartConfig,
+                            TaskDataConfig, TrainConfig)
 from lmforge.data.splits import carve_split
 from lmforge.errors import ConfigError, DataError
 from lmforge.models.heads import TaskModel, TaskModelConfig
@@ -46,11 +46,13 @@ class _Examples:
 def finetune(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | Path,
              method: MethodConfig | None = None, train: TrainConfig | None = None,
              balance: BalanceConfig | None = None, augment: AugmentConfig | None = None,
-             decode: DecodeConfig | None = None, resume: bool = False,
+             decode: DecodeConfig | None = None, resume: bool = False, privacy: PrivacyConfig | None = None,
              wrap_objective: Callable[[Task], object] | None = None) -> dict:
     """Fine-tune `model` for `task` on `data` into the run directory `out`; returns the summary with the
-    final validation metrics (see the module docstring). `wrap_objective(task)` gives the objective to
-    train on instead of the task's own (distillation wraps it with a teacher's soft targets)."""
+    final validation metrics (see the module docstring). `privacy` with an epsilon or a noise multiplier
+    trains with DP-SGD (see lmforge.train.privacy); the summary then holds the epsilon spent.
+    `wrap_objective(task)` gives the objective to train on instead of the task's own (distillation wraps it
+    with a teacher's soft targets)."""
     cls = task_class(task)
     method, train = method or MethodConfig(), train or TrainConfig()
     settings = TaskSettings(data=data, balance=balance or BalanceConfig(), augment=augment or AugmentConfig(),
@@ -64,7 +66,10 @@ def finetune(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | 
     state: dict = {"wrap_objective": wrap_objective}
 
     def build(dist: DistInfo, run_dir: Path) -> TrainingJob:
-        return _build_job(cls, settings, model, train, paths, dist, state)
+        job = _build_job(cls, settings, model, train, paths, dist, state)
+        if privacy is not None and privacy.enabled:
+            job.privacy, job.recipe["privacy"] = privacy, privacy
+        return job
 
     def finish(job: TrainingJob, summary: dict) -> dict:
         return _finish(job, summary, cls, state, run_dir=Path(out), t0=t0)
@@ -193,7 +198,7 @@ def _finish(job: TrainingJob, summary: dict, cls: type[Task], state: dict, *, ru
     summary.update(
         task=cls.name, start=state["source"], method=task.settings.method.method, **state["sizes"],
         train_examples=len(examples.train), valid_examples=len(examples.valid),
-        valid_split=examples.carved or data.valid, epochs=round(state["loader"].epoch, 3),
+        valid_split=examples.carved or data.valid, epochs=round(job.trainer.loader.epoch, 3),
         main_metric=cls.main_metric, metrics=dict(figures), total_seconds=round(time.perf_counter() - t0, 3))
     summary[cls.main_metric] = figures.get(cls.main_metric)
     missed = unlearned_labels(figures)

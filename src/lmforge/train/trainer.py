@@ -20,13 +20,14 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from lmforge.atomic import atomic_path
-from lmforge.config import TrainConfig
-from lmforge.errors import TrainingError
+from lmforge.config import PrivacyConfig, TrainConfig
+from lmforge.errors import CheckpointError, TrainingError
 from lmforge.parallel import DistInfo, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_ddp, unwrap
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
 from lmforge.train.precision import autocast, grad_scaler, resolve_precision
+from lmforge.train.privacy import PrivateTraining
 from lmforge.train.threads import ThreadTuner
 
 
@@ -53,17 +54,23 @@ class Trainer:
     def __init__(self, model: nn.Module, loader, cfg: TrainConfig, run_dir: str | Path, *,
                  dist: DistInfo | None = None, objective: Objective | None = None,
                  evaluate: Callable[[nn.Module], dict] | None = None,
-                 on_step: Callable[["Trainer"], None] | None = None):
+                 on_step: Callable[["Trainer"], None] | None = None, privacy: PrivacyConfig | None = None):
         self.cfg = cfg
         self.dist = dist or DistInfo()
         self.device = self.dist.device
         self.run_dir = Path(run_dir)
         self.model = model.to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        self.optimizer = build_optimizer(self.model, cfg, device_type=self.device.type)
-        self.scaler = grad_scaler(self.precision, self.device)
-        self.loader = loader
         self.objective = objective or CausalLM()
+        self.loader = loader
+        # DP-SGD (lmforge.train.privacy) freezes what the loss never reaches before the optimizer is built,
+        # then wraps the optimizer and replaces the loader with Poisson-sampled batches.
+        self.privacy = PrivateTraining(self.model, loader, self.objective, cfg, privacy, precision=self.precision,
+                                       world_size=self.dist.world_size) if privacy and privacy.enabled else None
+        self.optimizer = build_optimizer(self.model, cfg, device_type=self.device.type)
+        if self.privacy is not None:
+            self.optimizer, self.loader = self.privacy.attach(self.optimizer)
+        self.scaler = grad_scaler(self.precision, self.device)
         self.last_terms: dict[str, float] = {}
         self.evaluate_fn = evaluate
         self.on_step = on_step
@@ -87,6 +94,8 @@ class Trainer:
         Returns the loss per unit over the global batch (summed over terms).
         """
         model, opt = self.wrapped, self.optimizer
+        if self.privacy is not None and self.privacy.is_empty(micro_batches):
+            return self.privacy.empty_step(self.cfg.lr * lr_multiplier(self.state.step, self.cfg))
         batches = [{k: v.to(self.device, non_blocking=True) for k, v in as_batch(b).items()} for b in micro_batches]
         local = [self.objective.counts(b) for b in batches]
         n_global = {t: all_reduce_sum(sum(c[t] for c in local).float().clone(), self.dist).clamp(min=1.0)
@@ -104,7 +113,9 @@ class Trainer:
             for t in sums:
                 totals[t] += sums[t].detach()
         figures = [all_reduce_sum(totals[t], self.dist) / n_global[t] for t in totals]
-        if self.cfg.grad_clip:
+        if self.privacy is not None:
+            self.privacy.check_per_example_gradients(batches)  # DP-SGD clips each example's gradient instead
+        elif self.cfg.grad_clip:
             self.scaler.unscale_(opt)
             figures.append(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
         # The step's one wait for the device: loss terms and gradient norm come back together.
@@ -116,7 +127,7 @@ class Trainer:
             if self.cfg.grad_clip and self.precision == "fp16":
                 self.scaler.update()  # close the unscale_ above, so a later step may unscale again
             return mean_loss
-        if self.cfg.grad_clip and not math.isfinite(values[-1]) and self.precision != "fp16":
+        if self.cfg.grad_clip and self.privacy is None and not math.isfinite(values[-1]) and self.precision != "fp16":
             # A finite loss with non-finite gradients would write inf/NaN into the weights.
             opt.zero_grad(set_to_none=True)
             return float("nan")
@@ -189,8 +200,9 @@ class Trainer:
         st = self.state
         mean_loss, tps = window.close()
         terms = {f"train_{t}": v for t, v in self.last_terms.items()} if len(self.last_terms) > 1 else {}
+        private = self.privacy.figures() if self.privacy is not None else {}
         metrics.write({"step": st.step, "train_loss": mean_loss, **terms, "lr": self.optimizer.param_groups[0]["lr"],
-                       "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds})
+                       "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds, **private})
         if bar is not None:
             bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
 
@@ -216,8 +228,9 @@ class Trainer:
         return cfg.early_stopping_patience is not None and st.evals_since_best >= cfg.early_stopping_patience
 
     def _state_dict(self) -> dict:
+        private = {"privacy": self.privacy.state_dict()} if self.privacy is not None else {}
         return {**self.state.__dict__, "loader": self.loader.state_dict(), "best_val_loss": self.state.best_val_loss
-                if math.isfinite(self.state.best_val_loss) else None}
+                if math.isfinite(self.state.best_val_loss) else None, **private}
 
     def save(self) -> Path | None:
         if not self.dist.is_main:
@@ -234,6 +247,10 @@ class Trainer:
             return
         saved = ckpt.load_checkpoint(path, self.model, self.optimizer)
         self.loader.load_state_dict(saved.pop("loader"))
+        if self.privacy is not None:
+            self.privacy.load_state_dict(saved.pop("privacy", None))
+        elif "privacy" in saved:
+            raise CheckpointError(f"{path} was trained with DP-SGD", "resume it with the run's own --privacy options")
         best = saved.pop("best_val_loss")
         self.state = TrainerState(**{k: v for k, v in saved.items() if k in TrainerState.__dataclass_fields__})
         self.state.best_val_loss = math.inf if best is None else best
@@ -272,6 +289,7 @@ class Trainer:
             "precision": self.precision,
             "threads": self.threads.describe() if self.threads else self.cfg.threads or torch.get_num_threads(),
             "world_size": self.dist.world_size,
+            **({"epsilon": self.privacy.epsilon(), "privacy": self.privacy.summary()} if self.privacy else {}),
         }
 
 
