@@ -3,15 +3,15 @@
 Memory per GPU is the peak of one optimizer step, split into what is held at that moment:
 
     weights            parameters as the optimizer sees them: fp32 (the master copy under bf16); sharded by FSDP
-    gradients          fp32; all of them while micro-batches accumulate, else only the output layer's
-                       when backward starts (each layer's gradients replace its activations as backward runs)
+    gradients          fp32; all of them while micro-batches accumulate, else none at the activations' peak
+                       (each layer's gradients replace its activations as backward runs)
     optimizer_states   AdamW's two fp32 moments (sharded by FSDP)
     activations        what autograd saves for backward (`lmforge.train.saved_memory`)
-    buffers            bf16 weight copies (autocast, or FSDP's gathered blocks), DDP's gradient buckets, the fused
-                       output layer's gradient buffers, one layer's backward working set
+    buffers            bf16 weight copies (autocast, or FSDP's gathered blocks), DDP's gradient buckets, and the
+                       largest transient: the fused output layer's buffers, or one block's activation gradients
 
-The peak is whichever is larger: the start of backward (activations whole) or the optimizer step (every
-gradient). GB means 2**30 bytes, as nvidia-smi and torch.cuda report memory.
+The peak is whichever is larger: the turn from forward to backward (activations whole) or the optimizer
+step (every gradient). GB means 2**30 bytes, as nvidia-smi and torch.cuda report memory.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from lmforge.models.gpt import count_parameters, flops_per_token
 from lmforge.models.heads import block_lists
 from lmforge.models.registry import build_model, preset_config, traits_of
 from lmforge.train.saved_memory import (CHECKPOINTING, FP32, DecoderShape, activation_bytes,
-                                        backward_working_bytes)
+                                        backward_working_bytes, recompute_bytes)
 
 GB = float(1 << 30)
 
@@ -128,45 +128,52 @@ class Memory:
 def memory_per_rank(sizes: ModelSizes, req: PlanRequest, micro_batch: int, grad_accum: int) -> Memory:
     """Peak bytes on one rank during a training step (see the module docstring for the parts)."""
     s, P = sizes.shape, sizes.parameters
-    bf16 = req.precision == "bf16"
-    compute = 2 if bf16 else FP32
+    compute = 2 if req.precision == "bf16" else FP32
     fsdp = req.parallel == "fsdp"
     shards = req.gpus if fsdp else 1
     residual = compute if fsdp else FP32  # FSDP casts the parameters, so the residual stream is bf16 too
-    T = req.seq_len
-    tokens = micro_batch * T
+    tokens = micro_batch * req.seq_len
     weights, moments, all_grads = FP32 * P / shards, 2 * FP32 * P / shards, FP32 * P / shards
-    activations = activation_bytes(s, tokens, T, compute=compute, residual=residual,
-                                   checkpointing=req.activation_checkpointing)
-    # The fused output layer keeps its input and weight gradients from forward to backward, where each is
-    # scaled into a new tensor, and its forward pass holds chunked logits (see models.common.loss).
+    modes = dict(compute=compute, residual=residual, checkpointing=req.activation_checkpointing)
+    activations = activation_bytes(s, tokens, req.seq_len, **modes)
+    # Beyond the saved activations, the largest of three moments: the end of forward (the fused output
+    # layer's saved input and weight gradients, plus its chunk buffers), its backward (each gradient scaled
+    # into a new tensor), and the last block's backward (the output layer's weight gradient, the rest of
+    # the block rebuilt when checkpointed, and the block's activation gradients).
     head_grad = FP32 * sizes.head_parameters
-    loss = 2 * (tokens * s.n_embd * compute + head_grad) + _logit_chunk_bytes(s, tokens, req.gpu, compute)
-    working = backward_working_bytes(s, tokens, compute)
+    loss_saved = tokens * s.n_embd * compute + head_grad
+    moments_after_forward = {
+        "forward end": (0, loss_saved + _logit_chunk_bytes(s, tokens, req.gpu, compute)),
+        "output layer backward": (0, 2 * loss_saved),
+        "last block backward": (recompute_bytes(s, tokens, **modes),
+                                head_grad + backward_working_bytes(s, tokens, compute)),
+    }
+    phase, (rebuilt, transient) = max(moments_after_forward.items(), key=lambda kv: sum(kv[1]))
     if fsdp:
         blocks_live = 2 if req.reshard_after_forward else s.n_layer  # the running block and the prefetched one
         gathered = compute * (sizes.root_parameters + blocks_live * sizes.block_parameters)
-        reduce = sizes.block_parameters * (compute + FP32) if req.gpus > 1 else 0
-        wrapper = gathered + reduce
+        wrapper = gathered + (sizes.block_parameters * (compute + FP32) if req.gpus > 1 else 0)  # reduce input
     else:
-        autocast_copies = 2 * P if bf16 else 0  # bf16 casts of every weight, saved for backward
+        autocast_copies = 2 * P if compute == 2 else 0  # bf16 casts of every weight, saved for backward
         wrapper = autocast_copies + (FP32 * P if req.gpus > 1 else 0)  # DDP's gradient buckets
     held_grads = all_grads if grad_accum > 1 else 0.0
-    backward_start = held_grads + activations + loss + working + wrapper
+    backward = Memory(weights, held_grads, moments, activations + rebuilt, transient + wrapper, phase)
     buckets = FP32 * P if req.gpus > 1 and not fsdp else 0
-    if backward_start >= all_grads + buckets:
-        return Memory(weights, held_grads, moments, activations, loss + working + wrapper, "backward start")
+    if backward.total >= weights + moments + all_grads + buckets:
+        return backward
     return Memory(weights, all_grads, moments, 0.0, buckets, "optimizer step")
 
 
 def _logit_chunk_bytes(s: DecoderShape, tokens: int, gpu: str, compute: int) -> int:
-    """The fused cross-entropy's chunk buffers (and under bf16 its kept logit gradients), in forward."""
+    """The fused cross-entropy's forward buffers: a chunk of logits, their fp32 copy and log-softmax, and under
+    bf16 the casts of its input and weight and (when they fit its budget) every logit gradient."""
     chunk = (1 << 21) if gpu == "cpu" else (1 << 27)
     rows = min(max(1, chunk // s.vocab_size), tokens)
     buffers = rows * s.vocab_size * (compute + FP32 + (FP32 if compute != FP32 else 0))
-    kept = tokens * s.vocab_size * compute
-    if compute != FP32 and kept <= (512 << 20):
-        buffers += kept
+    if compute != FP32:
+        buffers += compute * s.n_embd * (tokens + s.vocab_size)
+        kept = tokens * s.vocab_size * compute
+        buffers += kept if kept <= (512 << 20) else 0
     return buffers
 
 

@@ -14,7 +14,7 @@ per token and per layer:
 
 Activation checkpointing keeps, per layer, only the block's input ("full"), or the input plus the
 outputs of the matmuls and the attention kernel ("selective": norms and activation functions are
-recomputed), and rebuilds one layer's full set while that layer runs backward.
+recomputed), and rebuilds the rest of one layer's set while that layer runs backward.
 """
 from __future__ import annotations
 
@@ -97,19 +97,27 @@ def final_bytes_per_token(s: DecoderShape, compute: int) -> int:
     return FP32 * s.n_embd + stats + 8 + rope
 
 
+def kept_layer_bytes_per_token(s: DecoderShape, compute: int, residual: int, checkpointing: str) -> int:
+    """Bytes a block keeps per token from its forward pass until its backward."""
+    if checkpointing == "full":
+        return residual * s.n_embd
+    if checkpointing == "selective":
+        return selective_layer_bytes_per_token(s, compute, residual)
+    return layer_bytes_per_token(s, compute)
+
+
 def activation_bytes(s: DecoderShape, tokens: int, seq_len: int, *, compute: int, residual: int,
                      checkpointing: str) -> int:
-    """Bytes saved for backward over `tokens` tokens (micro-batch x sequence) at the end of the forward pass,
-    plus, with checkpointing, the one layer rebuilt during backward."""
-    layer = layer_bytes_per_token(s, compute)
-    if checkpointing == "none":
-        per_token = s.n_layer * layer
-    elif checkpointing == "full":
-        per_token = s.n_layer * residual * s.n_embd + layer
-    else:
-        per_token = s.n_layer * selective_layer_bytes_per_token(s, compute, residual) + layer
+    """Bytes saved for backward over `tokens` tokens (micro-batch x sequence) at the end of the forward pass."""
+    per_token = s.n_layer * kept_layer_bytes_per_token(s, compute, residual, checkpointing)
     positions = 8 * seq_len if s.position == "learned" else 0  # one (T,) row of int64 ids, broadcast
     return tokens * (per_token + final_bytes_per_token(s, compute)) + positions
+
+
+def recompute_bytes(s: DecoderShape, tokens: int, *, compute: int, residual: int, checkpointing: str) -> int:
+    """What rebuilding one checkpointed block for its backward adds to what it kept (0 without checkpointing)."""
+    kept = kept_layer_bytes_per_token(s, compute, residual, checkpointing)
+    return tokens * (layer_bytes_per_token(s, compute) - kept)
 
 
 def backward_working_bytes(s: DecoderShape, tokens: int, compute: int) -> int:
