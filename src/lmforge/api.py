@@ -39,13 +39,13 @@ from lmforge.runs.report import compress_report as compress_report_of_runs
 from lmforge.runs.quantize import quantize_run
 from lmforge.runs.rundir import check_out, load
 from lmforge.serve.app import create_app
+from lmforge.train.plan import PlanRequest, plan as plan_training
 
 __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "DistillConfig", "MethodConfig", "ModelSpec",
            "StartConfig", "TaskDataConfig", "TrainConfig", "PrivacyConfig", "DEMO_PROMPTS", "prepare", "pretrain",
-           "finetune",
-           "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
-           "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill", "compress_report",
-           "export", "evaluate_harness", "prompt_eval", "explain", "explain_eval"]
+           "finetune", "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare",
+           "convert", "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill",
+           "compress_report", "export", "evaluate_harness", "prompt_eval", "explain", "explain_eval", "plan"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -115,6 +115,15 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "onnx", overwr
 def presets() -> dict[str, int]:
     """Every model preset and its parameter count (counted on the meta device: nothing is allocated)."""
     return {name: count_parameters(build_model(name, device="meta")) for name in sorted(PRESETS)}
+
+
+def plan(model: str, **options) -> dict:
+    """What training preset `model` needs before a run starts: parameters, FLOPs per token, memory per GPU
+    (weights, gradients, optimizer states, activations, buffers), the largest micro-batch that fits,
+    tokens/s at an MFU, wall and GPU hours, and a verdict. `options` are `PlanRequest`'s fields
+    (gpus, gpu, gpu_memory, seq_len, micro_batch, global_batch_tokens, tokens, precision, parallel,
+    activation_checkpointing, mfu, peak_tflops, reshard_after_forward)."""
+    return plan_training(PlanRequest(model=model, **options))
 
 
 def evaluate_perplexity(run_dir: str | Path, data: str, **kwargs) -> dict:

@@ -20,6 +20,7 @@ from lmforge.cli import parsers
 from lmforge.cli.hints import check_config_paths, option_hint
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.infer.sampling import SamplingParams
+from lmforge.train.plan import describe_plan
 
 # A bare `--data X` / `--model X` names the section's main field (`--data.path X`, `--model.preset X`).
 SECTION_SHORTHANDS = {"pretrain": {"--data": "--data.path", "--model": "--model.preset"},
@@ -184,6 +185,15 @@ def _presets(args, sections) -> None:
         print(f"{name:14s} {n / 1e6:10.1f}M parameters")
 
 
+def _plan(args, sections) -> None:
+    options = {name: args[name] for name in ("gpus", "gpu", "gpu_memory", "seq_len", "micro_batch",
+                                             "global_batch_tokens", "tokens", "precision", "parallel",
+                                             "activation_checkpointing", "reshard_after_forward", "mfu",
+                                             "peak_tflops")}
+    result = api.plan(args.model, **options)
+    print(json.dumps(result) if args.json else describe_plan(result))
+
+
 def _eval(args, sections) -> None:
     if args.metric == "harness":
         _eval_harness(args.harness)
@@ -255,6 +265,7 @@ VERBS: dict[str, Verb] = {
     "prompt": Verb(parsers.prompt_parser, _prompt, "classify by prompting a decoder", parsers.prompt_commands),
     "explain": Verb(parsers.explain_parser, _explain, "explain a run's outputs: attributions, attention, viewer",
                     parsers.explain_actions),
+    "plan": Verb(parsers.plan_parser, _plan, "plan a training run: memory per GPU, throughput, GPU-hours"),
 }
 
 

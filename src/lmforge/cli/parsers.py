@@ -362,3 +362,29 @@ def explain_actions(p: ArgumentParser) -> None:
     e.add_argument("--output", default=None, help="JSON file for the report and every example's figures")
     e.add_argument("--device", default="cpu")
     actions.add_subcommand("eval", e, help="faithfulness of the attributions on a dataset")
+
+
+def plan_parser() -> ArgumentParser:
+    p = verb_parser("Plan a pretraining run before starting it: memory per GPU, the largest micro-batch that fits, "
+                    "throughput and GPU-hours, from a decoder preset's shape.")
+    p.add_argument("--model", required=True, help="GPT or Llama preset (see `lmforge presets`)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs (ranks) in the run")
+    p.add_argument("--gpu", default="h100", choices=["h100", "h200", "a100", "cpu"],
+                   help="accelerator: its memory and peak TFLOPS (cpu: pass --gpu_memory; no throughput)")
+    p.add_argument("--gpu_memory", type=float | None, default=None, help="GB per GPU (default: the accelerator's)")
+    p.add_argument("--seq_len", type=int | None, default=None, help="tokens per sequence (default: the context)")
+    p.add_argument("--micro_batch", type=int, default=1, help="sequences per GPU per forward pass")
+    p.add_argument("--global_batch_tokens", type=int | None, default=None,
+                   help="tokens per optimizer step over all GPUs (default: one micro-batch per GPU)")
+    p.add_argument("--tokens", type=float | None, default=None,
+                   help="training tokens in total (default: 20 per parameter)")
+    p.add_argument("--precision", default=None, choices=[None, "bf16", "fp32"],
+                   help="default: bf16 on GPUs, fp32 on CPU")
+    p.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp"])
+    p.add_argument("--activation_checkpointing", default="none", choices=["none", "full", "selective"])
+    p.add_argument("--reshard_after_forward", type=bool, default=True, help="FSDP: free gathered blocks after forward")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to expect")
+    p.add_argument("--peak_tflops", type=float | None, default=None,
+                   help="peak TFLOPS per device (default: the accelerator's dense bf16 / fp32 peak)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    return p
