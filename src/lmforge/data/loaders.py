@@ -85,6 +85,16 @@ class LMWindowLoader:
         while True:
             yield self.next_batch()
 
+    @property
+    def num_examples(self) -> int:
+        """Non-overlapping windows: the examples of Poisson-sampled (DP) training."""
+        return (len(self.tokens) - 1) // self.block_size
+
+    def batch_of(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(x, y)` of the non-overlapping windows at `indices`, each (len(indices), block_size)."""
+        starts = np.asarray(indices, dtype=np.int64) * self.block_size
+        return _windows(self.tokens, starts, self.block_size)
+
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed}
 

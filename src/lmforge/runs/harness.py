@@ -16,7 +16,8 @@ from typing import Callable
 import torch.nn as nn
 
 from lmforge.atomic import RunDirectory, write_json_atomic, write_text_atomic
-from lmforge.config import TrainConfig, to_yaml
+from lmforge.config import PrivacyConfig, TrainConfig, to_yaml
+from lmforge.errors import ConfigError
 from lmforge.parallel import DistInfo, broadcast_object, init_distributed, shutdown_distributed
 from lmforge.runs.rundir import check_run_dir
 from lmforge.train.trainer import Trainer, plot_losses
@@ -34,6 +35,7 @@ class TrainingJob:
     save_tokenizer: Callable[[Path], None]    # writes tokenizer.json into the run directory
     fit: Callable[[], dict] | None = None     # replaces the trainer (count-based models)
     on_step: Callable | None = None           # the trainer's per-step hook (e.g. a time budget)
+    privacy: PrivacyConfig | None = None      # DP-SGD settings (lmforge.train.privacy), when enabled
     trainer: Trainer | None = field(default=None, init=False)  # set once the trainer exists
 
 
@@ -68,9 +70,12 @@ def run_training(out: str | Path, train: TrainConfig, *, resume: bool,
 def _fit(job: TrainingJob, train: TrainConfig, run_dir: Path, dist: DistInfo, run: RunDirectory,
          resume: bool) -> dict:
     if job.fit is not None:
+        if train.parallel == "fsdp":
+            raise ConfigError("a model fitted by counting (n-gram) has no weights for FSDP to shard",
+                              "drop --train.parallel fsdp for this model")
         run.started()
         return job.fit()
     job.trainer = Trainer(job.model, job.loader, train, run_dir, dist=dist, objective=job.objective,
-                          evaluate=job.evaluate, on_step=job.on_step)
+                          evaluate=job.evaluate, on_step=job.on_step, privacy=job.privacy)
     run.started()
     return job.trainer.fit(resume=resume)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.config import DataConfig, ModelSpec, TrainConfig
+from lmforge.config import DataConfig, ModelSpec, PrivacyConfig, TrainConfig
 from lmforge.data.shards import load_dataset_meta, open_tokens, prepare_dataset
 from lmforge.data.tokenizers import Tokenizer
 from lmforge.errors import CheckpointError, ConfigError, DataError
@@ -27,7 +27,7 @@ from lmforge.train.objectives import Objective, build_objective, evaluate_object
 
 def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: str | Path,
              train: TrainConfig | None = None, objective: str | None = None, resume: bool = False,
-             on_step=None, init_from: str | Path | None = None) -> dict:
+             on_step=None, init_from: str | Path | None = None, privacy: PrivacyConfig | None = None) -> dict:
     """Train a language model from scratch (or `resume` one) and write a complete run directory.
 
     `data` is a prepared dataset directory, or any source `prepare` accepts (then it is prepared
@@ -37,6 +37,9 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
     `init_from` continues pretraining from the weights of another run (or a Hugging Face model
     folder) instead of a fresh model, e.g. to adapt a model to a new domain: its config and
     tokenizer are used (the model preset is ignored), and raw data is tokenized with its tokenizer.
+
+    `privacy` with an epsilon or a noise multiplier trains with DP-SGD over non-overlapping windows
+    (next-token objective; see lmforge.train.privacy).
     """
     data = DataConfig(path=data) if isinstance(data, str) else data
     spec = ModelSpec(preset=model) if isinstance(model, str) else model
@@ -47,7 +50,13 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
     objective_obj = build_objective(objective, family)  # objectives that do not fit the model fail here too
 
     def build(dist: DistInfo, run_dir: Path) -> TrainingJob:
-        return _build_job(data, spec, train, objective_obj, start, init_from, dist, run_dir, on_step)
+        job = _build_job(data, spec, train, objective_obj, start, init_from, dist, run_dir, on_step)
+        if privacy is not None and privacy.enabled:
+            if job.fit is not None:
+                raise ConfigError(f"{spec.preset} is fitted by counting, which DP-SGD does not cover",
+                                  "train a neural model with --privacy, or drop --privacy")
+            job.privacy, job.recipe["privacy"] = privacy, privacy
+        return job
 
     def finish(job: TrainingJob, summary: dict) -> dict:
         return {**summary, "parameters": sum(p.numel() for p in job.model.parameters()), "model": spec.preset,

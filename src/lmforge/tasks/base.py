@@ -229,6 +229,16 @@ class ExampleLoader:
     def epoch(self) -> float:
         return self.position / len(self.features)
 
+    @property
+    def num_examples(self) -> int:
+        return len(self.features)
+
+    def batch_of(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The batch of the examples at `indices` (Poisson-sampled DP training); no rows when it is empty."""
+        if not indices:
+            return {k: v[:0] for k, v in self.collate(self.features[:1]).items()}
+        return self.collate([self.features[i] for i in indices])
+
     def state_dict(self) -> dict:
         return {"position": self.position, "seed": self.seed}
 
