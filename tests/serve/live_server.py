@@ -10,6 +10,7 @@ import uvicorn
 
 from conftest import free_port
 from lmforge.data.tokenizers import train_tokenizer
+from lmforge.models.heads import TaskModel, TaskModelConfig
 from lmforge.models.registry import build_model, save_model
 
 CORPUS = ["The quick brown fox jumps over the lazy dog. " * 3, "User: hello there\nAssistant: hi, how are you?\n",
@@ -23,6 +24,23 @@ def make_gpt_run(directory: Path, **overrides) -> Path:
     torch.manual_seed(0)
     # A larger init than training uses, so greedy decoding of a random model gives varied tokens.
     model = build_model("debug", init_std=0.2, vocab_size=tok.vocab_size, **overrides)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, directory)
+    tok.save(directory)
+    return directory
+
+
+def make_task_run(directory: Path, *, task: str = "classify", labels=("neg", "pos")) -> Path:
+    """A fine-tuned-looking run: a random 2-layer BERT under a classify (sequence) or ner (token) head, with a
+    random head whose outputs depend on the text."""
+    tok = train_tokenizer("wordpiece", ["the film was good and the acting was great", "a dull boring film",
+                                        "Alice met Bob in Paris"] * 3, vocab_size=300)
+    torch.manual_seed(0)
+    backbone = build_model("bert-debug", vocab_size=tok.vocab_size, block_size=64)
+    model = TaskModel(TaskModelConfig(task=task, head="sequence" if task == "classify" else "token",
+                                      backbone=backbone.config.to_dict(), labels=list(labels), classifier_dropout=0.0),
+                      backbone)
+    torch.nn.init.normal_(model.head.weight, std=1.0)
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, directory)
     tok.save(directory)

@@ -13,15 +13,24 @@ from lmforge.atomic import write_text_atomic
 PLACEHOLDER = "/*EXPLANATION_DATA*/"
 
 
+def viewer_example(record: dict, maps: dict[str, np.ndarray]) -> dict:
+    """What the page draws for one text: its record (explanations.json's entry) with its attention maps
+    {kind: (L, H, T, S) nested lists}."""
+    return {**{k: v for k, v in record.items() if k != "rollout"},
+            "attention": {kind: np.round(np.asarray(m), 4).tolist() for kind, m in maps.items()}}
+
+
+def viewer_template() -> str:
+    """The page with PLACEHOLDER where `{"examples": [...]}` goes."""
+    return files("lmforge.explain").joinpath("static/viewer.html").read_text(encoding="utf-8")
+
+
 def viewer_html(records: list[dict], maps: list[dict[str, np.ndarray]]) -> str:
     """The page for `records` (explanations.json's entries) with their maps {kind: (L, H, T, S)}."""
-    examples = [{**{k: v for k, v in r.items() if k != "rollout"},
-                 "attention": {kind: np.round(m, 4).tolist() for kind, m in per_text.items()}}
-                for r, per_text in zip(records, maps)]
+    examples = [viewer_example(r, per_text) for r, per_text in zip(records, maps)]
     # "</" inside the JSON would end the <script> element early.
     data = json.dumps({"examples": examples}, ensure_ascii=False).replace("</", "<\\/")
-    template = files("lmforge.explain").joinpath("static/viewer.html").read_text(encoding="utf-8")
-    return template.replace(PLACEHOLDER, data)
+    return viewer_template().replace(PLACEHOLDER, data)
 
 
 def write_viewer(path: Path, records: list[dict], maps: list[dict[str, np.ndarray]]) -> Path:

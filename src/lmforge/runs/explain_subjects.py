@@ -19,17 +19,20 @@ from lmforge.tasks.classification import encode_text_input
 from lmforge.tasks.ner import split_text
 
 UNLIMITED = 1 << 30
+EXPLAINED_TASKS = ("classify", "ner")  # fine-tuned tasks whose outputs explain reads
 
 
 class ExplainedRun:
     """A loaded run and what its inputs are: "classify", "ner" or "next-token"."""
 
-    def __init__(self, run_dir: str | Path, *, device: str = "cpu"):
+    def __init__(self, run_dir: str | Path, *, device: str = "cpu", loaded: tuple | None = None):
+        """`loaded`: the run's (model, task) already in memory, as a server holds its task models; shared, not
+        copied (explaining leaves the model as it found it)."""
         self.run_dir = Path(run_dir)
-        model = load_model(self.run_dir, device=device)
+        model = loaded[0] if loaded is not None else load_model(self.run_dir, device=device)
         if is_task_model(model) and model.config.head != "lm":
-            self.model, self.task = load_task_run(self.run_dir, device=device)
-            if self.task.name not in ("classify", "ner"):
+            self.model, self.task = loaded or load_task_run(self.run_dir, device=device)
+            if self.task.name not in EXPLAINED_TASKS:
                 raise ConfigError(f"{self.run_dir} is a fine-tuned {self.task.name} model; explain reads classifiers, "
                                   "taggers (ner) and language models", "pass a classify, ner or language-model run")
             self.kind, self.tokenizer = self.task.name, self.task.tokenizer

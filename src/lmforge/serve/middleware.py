@@ -8,12 +8,13 @@ import hmac
 from typing import Sequence
 
 from lmforge.serve.errors import APIError
+from lmforge.serve.routes.explain import EXPLAIN_ROUTES
 from lmforge.serve.routes.tokenize import TOKENIZER_ROUTES
 from lmforge.serve.state import ServerState
 from lmforge.tasks import routed_tasks
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/",
-             *(f"/v1/{t}" for t in routed_tasks()), *TOKENIZER_ROUTES)
+             *(f"/v1/{t}" for t in routed_tasks()), *TOKENIZER_ROUTES, *EXPLAIN_ROUTES)
 BODYLESS_METHODS = ("GET", "HEAD", "OPTIONS", "DELETE")
 
 

@@ -160,6 +160,15 @@ class QARequest(_Body):
     model: str | None = Field(None, max_length=256)
 
 
+class ExplainRequest(_Body):
+    """POST /v1/explain: a served classifier's or tagger's output on a text (or a few), attributed to its tokens."""
+
+    task: str = Field(max_length=64)
+    input: TaskInput
+    method: Literal["attention", "rollout", "ig", "saliency"] = "attention"
+    target: str | None = Field(None, max_length=256)  # a label (classify), TAG or TAG@N (ner); default: predicted
+
+
 class TokenizeRequest(_Body):
     """POST /tokenize: a `prompt`, or chat `messages` (encoded as the chat endpoint encodes them). Special tokens
     are never added, so `add_special_tokens` is accepted at false only."""

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import CONTENT_TYPE
 from lmforge.serve.state import ServerState
+from lmforge.serve.task_endpoints import explainable_tasks
 
 GENERATION = "text-generation"
 PLAYGROUND_HEADERS = {
@@ -28,7 +29,7 @@ def model_card(state: ServerState, name: str, task: str | None = None) -> dict:
 def health_body(state: ServerState) -> dict:
     s = state.loop.stats()
     return {"status": "ok" if state.loop.alive else "error", "model": state.model_name,
-            "tasks": sorted(state.tasks), "context_length": state.context_len,
+            "tasks": sorted(state.tasks), "explain": explainable_tasks(state.tasks), "context_length": state.context_len,
             "max_tokens_limit": state.limits.max_tokens_limit, "auth": bool(state.api_keys),
             "running": s.num_running, "waiting": s.num_waiting + state.loop.queued()}
 
