@@ -60,6 +60,14 @@ def test_user_errors_on_a_classifier(runs, args, fragment):
     assert not out.exists()
 
 
+def test_logit_lens_on_a_pretrained_bert_is_a_user_error(runs):
+    run = lm_run(runs["root"] / "bert-lm", "bert-debug")
+    result = lmforge("explain", "--model", run, "--text", "the film", "--method", "logit-lens",
+                     "--out", runs["root"] / "never3", threads=1)
+    assert_user_error(result, "is a pretrained encoder model")
+    assert not (runs["root"] / "never3").exists()
+
+
 def test_label_target_on_a_language_model_is_a_user_error(runs):
     result = lmforge("explain", "--model", runs["lm"], "--text", "the film", "--target", "positive review",
                      "--out", runs["root"] / "never2", threads=1)
@@ -76,3 +84,12 @@ def test_explain_eval_reports_faithfulness(runs, tmp_path):
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["report"] == json.loads(json.dumps(report))
     assert len(saved["examples"]) == 3
+
+
+def test_explain_eval_on_a_language_model_is_a_user_error(runs, tmp_path):
+    data = tmp_path / "valid.txt"
+    data.write_text("pos the film was good\n")
+    result = lmforge("explain", "eval", "--model", runs["lm"], "--data", data, "--output", tmp_path / "r.json",
+                     threads=1)
+    assert_user_error(result, "explain eval scores a fine-tuned classifier")
+    assert not (tmp_path / "r.json").exists()

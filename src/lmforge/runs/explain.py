@@ -35,7 +35,7 @@ def check_method(run: ExplainedRun, method: str) -> None:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}", f"choose one of {', '.join(METHODS)}")
     if method == "logit-lens" and not (run.kind == "next-token" and can_read_residuals(run.model)):
-        what = f"a fine-tuned {run.kind} model" if run.task else f"a {run.traits.structure} model"
+        what = f"a fine-tuned {run.kind} model" if run.task else f"a pretrained {run.traits.structure} model"
         raise ConfigError(f"the logit lens reads a decoder language model's residual stream; {run.run_dir} is {what}",
                           "use it on a GPT-family language-model run, or choose attention, rollout, ig or saliency")
     if method != "attention" and run.kind == "next-token" and run.traits.structure == "encoder-decoder":
