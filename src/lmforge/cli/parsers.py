@@ -212,9 +212,10 @@ def presets_parser() -> ArgumentParser:
 
 
 def quantize_parser() -> ArgumentParser:
-    p = verb_parser("Quantize a run's linear layers (int8: one scale per output channel; int4: a scale and zero "
-                    "point per group of input columns) into a new run directory that generate, chat, predict, serve "
-                    "and eval read like any run.")
+    p = verb_parser("Quantize a run's linear layers (int8: one scale per output channel; dynamic-int8: the same "
+                    "weights times activations quantized to int8 as it runs, fastest for encoders on x86; int4: a "
+                    "scale and zero point per group of input columns) into a new run directory that generate, chat, "
+                    "predict, serve and eval read like any run.")
     p.add_argument("run", help="run directory to quantize")
     p.add_argument("--method", default="int8", choices=list(QUANTIZATION_METHODS), help="quantization method")
     p.add_argument("--group_size", type=int | None, default=None,
