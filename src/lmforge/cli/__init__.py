@@ -16,7 +16,7 @@ from typing import Callable
 from jsonargparse import ArgumentParser
 
 import lmforge.api as api
-from lmforge.cli import parsers
+from lmforge.cli import parsers, prompt_parsers
 from lmforge.cli.hints import check_config_paths, option_hint
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.infer.sampling import SamplingParams
@@ -213,11 +213,20 @@ def _eval_harness(h) -> None:
 
 
 def _prompt(args, sections) -> None:
-    p = args.eval
+    p = args[args.command]
     shots = [int(k) for k in str(p.shots).split(",") if k.strip()]
-    api.prompt_eval(p.model, data=p.data, train=p.train, template=p.template, shots=shots, seeds=p.seeds,
-                    balanced=p.balanced, limit=p.limit, out=p.out, finetuned=p.finetuned, device=p.device)
+    common = dict(data=p.data, train=p.train, template=p.template, val_fraction=p.val_fraction, shots=shots,
+                  seeds=p.seeds, selection=p.selection, order=p.order, encoder=p.encoder, limit=p.limit,
+                  reasoning_tokens=p.reasoning_tokens, out=p.out, finetuned=p.finetuned, device=p.device)
+    if args.command == "generate":
+        api.prompt_generate(p.model, task=p.task, train_target=p.train_target, data_target=p.data_target,
+                            max_new_tokens=p.max_new_tokens, **common)
+        print((Path(p.out) / "prompt_generate.md").read_text())
+        return
+    api.prompt_eval(p.model, **common)
     print((Path(p.out) / "prompt_eval.md").read_text())
+
+
 def _explain(args, sections) -> None:
     if args.get("action") == "eval":
         e = args.eval
@@ -262,7 +271,8 @@ VERBS: dict[str, Verb] = {
     "export": Verb(parsers.export_parser, _export, "export a run's model to ONNX for onnxruntime"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
-    "prompt": Verb(parsers.prompt_parser, _prompt, "classify by prompting a decoder", parsers.prompt_commands),
+    "prompt": Verb(prompt_parsers.prompt_parser, _prompt, "classify and generate by prompting a decoder",
+                   prompt_parsers.prompt_commands),
     "explain": Verb(parsers.explain_parser, _explain, "explain a run's outputs: attributions, attention, viewer",
                     parsers.explain_actions),
     "plan": Verb(parsers.plan_parser, _plan, "plan a training run: memory per GPU, throughput, GPU-hours"),

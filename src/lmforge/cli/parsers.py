@@ -290,29 +290,6 @@ def eval_metrics(p: ArgumentParser) -> None:
     kinds.add_subcommand("harness", harness_parser(), help="lm-evaluation-harness tasks, in process")
 
 
-def prompt_parser() -> ArgumentParser:
-    return verb_parser("Classify by prompting a decoder: templates, few-shot exemplars, calibration.")
-
-
-def prompt_commands(p: ArgumentParser) -> None:
-    commands = p.add_subcommands(dest="command", required=True)
-    e = verb_parser("Accuracy of label-likelihood classification per number of shots, mean ± std over exemplar "
-                    "draws, with and without contextual calibration; writes OUT/prompt_eval.json and .md.")
-    e.add_argument("--model", required=True, help="run directory of a decoder model")
-    e.add_argument("--data", required=True, help="validation file of a classification task (e.g. label_text)")
-    e.add_argument("--train", required=True, help="training file the exemplars are drawn from")
-    e.add_argument("--template", required=True, help="YAML template file, or a built-in TASK/PATTERN such as "
-                                                     "sst2/cloze, sst2/instruction, sst2/qa, trec/cloze")
-    e.add_argument("--shots", default="0,1,4,8", help="comma-separated numbers of exemplars")
-    e.add_argument("--seeds", type=int, default=5, help="exemplar draws per number of shots")
-    e.add_argument("--balanced", action="store_true", help="draw exemplars evenly over the labels")
-    e.add_argument("--limit", type=int | None, default=None, help="score only the first N validation examples")
-    e.add_argument("--finetuned", type=str | None, default=None, help="a fine-tuned run to show beside")
-    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
-    e.add_argument("--out", required=True, help="folder for prompt_eval.json and prompt_eval.md")
-    commands.add_subcommand("eval", e, help="prompted accuracy over shots and seeds")
-
-
 def harness_parser() -> ArgumentParser:
     h = verb_parser("lm-evaluation-harness tasks on a run's decoder, in process; writes lm-eval's results JSON "
                     "into RUN/lm_eval/.")
