@@ -33,6 +33,7 @@ from lmforge.runs.harness_eval import evaluate_harness as evaluate_harness_run
 from lmforge.runs.predict import pipeline, predict
 from lmforge.runs.prompt_eval import prompt_eval as prompt_eval_run
 from lmforge.runs.prompt_generate import prompt_generate as prompt_generate_run
+from lmforge.runs.prompt_report import combined_report
 from lmforge.runs.pretrain import pretrain
 from lmforge.runs.distill import distill as distill_run
 from lmforge.runs.prune import prune_run
@@ -46,7 +47,8 @@ __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "Dist
            "StartConfig", "TaskDataConfig", "TrainConfig", "PrivacyConfig", "DEMO_PROMPTS", "prepare", "pretrain",
            "finetune", "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare",
            "convert", "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill",
-           "compress_report", "export", "evaluate_harness", "prompt_eval", "prompt_generate", "explain", "explain_eval", "plan"]
+           "compress_report", "export", "evaluate_harness", "prompt_eval", "prompt_generate",
+           "prompt_report", "explain", "explain_eval", "plan"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -168,6 +170,12 @@ def prompt_generate(run_dir: str | Path, *, task: str, train: str | Path, templa
     selection, order, encoder, limit, max_new_tokens, finetuned, ...). Writes `out/prompt_generate.json` and
     `.md`; returns the JSON."""
     return prompt_generate_run(run_dir, task=task, train=train, template=template, data=data, out=out, **options)
+
+
+def prompt_report(folders, *, out: str | Path) -> dict:
+    """One "prompt vs fine-tune" table (`out/prompt_vs_finetune.md` and `.json`) and one plot (`.png`, a panel per
+    task) from the `out` folders of several `prompt_eval` runs; returns the JSON."""
+    return combined_report(folders, out)
 
 
 def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool = False) -> dict:

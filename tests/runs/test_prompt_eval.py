@@ -146,3 +146,19 @@ def test_selection_errors_are_one_line(setup, tmp_path):
               "--template", "sst2/cloze", "--out", tmp_path / "x"]
     assert_user_error(lmforge(*common, "--selection", "nearest"), "ranks by similarity", "--encoder")
     assert_user_error(lmforge(*common, "--val_fraction", "0.2"), "both --data and --val_fraction")
+
+
+def test_report_puts_several_prompt_evals_in_one_table_and_plot(setup, tmp_path):
+    root, _, _ = setup
+    for name, template in (("cloze", "sst2/cloze"), ("qa", "sst2/qa")):
+        lf.prompt_eval(root / "run", data=root / "dev.txt", train=root / "train.txt", template=template,
+                       shots=(0, 1), seeds=2, out=tmp_path / name)
+    result = lmforge("prompt", "report", "--runs", f"{tmp_path / 'cloze'},{tmp_path / 'qa'}", "--out", tmp_path / "r")
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "r" / "prompt_vs_finetune.md").read_text().splitlines()
+    assert len(table) == 2 + 4 and table[2].startswith("| sst2/cloze | 4 | 0 |") and table[5].startswith("| sst2/qa |")
+    runs = json.loads((tmp_path / "r" / "prompt_vs_finetune.json").read_text())["results"]
+    assert [r["template"] for r in runs] == ["sst2/cloze", "sst2/qa"]
+    assert (tmp_path / "r" / "prompt_vs_finetune.png").stat().st_size > 0
+    assert_user_error(lmforge("prompt", "report", "--runs", tmp_path / "nowhere", "--out", tmp_path / "s"),
+                      "prompt_eval.json is missing")

@@ -214,6 +214,10 @@ def _eval_harness(h) -> None:
 
 def _prompt(args, sections) -> None:
     p = args[args.command]
+    if args.command == "report":
+        api.prompt_report([r for r in str(p.runs).split(",") if r.strip()], out=p.out)
+        print((Path(p.out) / "prompt_vs_finetune.md").read_text())
+        return
     shots = [int(k) for k in str(p.shots).split(",") if k.strip()]
     common = dict(data=p.data, train=p.train, template=p.template, val_fraction=p.val_fraction, shots=shots,
                   seeds=p.seeds, selection=p.selection, order=p.order, encoder=p.encoder, limit=p.limit,

@@ -50,3 +50,8 @@ def prompt_commands(p: ArgumentParser) -> None:
     g.add_argument("--max_new_tokens", type=int, default=64, help="longest answer")
     g.add_argument("--out", required=True, help="folder for prompt_generate.json and .md")
     commands.add_subcommand("generate", g, help="prompted generation scored like fine-tuning")
+    r = verb_parser("One prompt-vs-fine-tune table (OUT/prompt_vs_finetune.md and .json) and one plot (.png) from "
+                    "the folders of several `lmforge prompt eval` runs.")
+    r.add_argument("--runs", required=True, help="comma-separated --out folders of prompt eval")
+    r.add_argument("--out", required=True, help="folder for prompt_vs_finetune.md, .json and .png")
+    commands.add_subcommand("report", r, help="one table and plot from several prompt evals")
