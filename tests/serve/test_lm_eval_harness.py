@@ -54,8 +54,15 @@ def reference(tmp_path_factory):
 
 
 def _samples(folder, task: str) -> dict[int, dict]:
+    """Each example as logged, its requests' arguments back as lists and its responses back as numbers: lm-eval's
+    log writes {"gen_args_0": {"arg_0": ..., "arg_1": ...}} and every response as a string."""
     [path] = sorted(folder.glob(f"samples_{task}_*.jsonl"))
-    return {row["doc_id"]: row for row in map(json.loads, path.read_text().splitlines())}
+    rows = {row["doc_id"]: row for row in map(json.loads, path.read_text().splitlines())}
+    for row in rows.values():
+        row["arguments"] = [list(args.values()) for args in row["arguments"].values()]
+        if row["resps"] and isinstance(row["resps"][0][0], list):  # log-likelihoods: [log-likelihood, greedy]
+            row["resps"] = [[(float(ll), greedy == "True")] for [[ll, greedy]] in row["resps"]]
+    return rows
 
 
 @pytest.fixture(scope="module")
