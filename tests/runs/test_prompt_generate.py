@@ -1,12 +1,14 @@
 """`lmforge prompt generate` on a tiny random decoder: every answer against greedy decoding by full forward passes,
 and the scores against rouge-score and sacrebleu called here on those answers; its user errors."""
 import json
+import string
 
 import pytest
 import torch
 
 import lmforge.api as lf
 from lmforge.data.exemplars import select_exemplars
+from lmforge.runs.prompt_generate import score_answers
 from cli_run import assert_user_error, lmforge
 from lmforge.data.prompts import BUILTIN_GENERATION_TEMPLATES, GenerationTemplate
 from lmforge.data.tokenizers import train_tokenizer
@@ -99,3 +101,30 @@ def test_generation_errors_are_one_line(setup, tmp_path):
                       "uses {conversation}, which the example does not have")
     assert_user_error(lmforge(*common, "--template", "summarize/qa", "--selection", "balanced", "--out",
                               tmp_path / "c"), "balanced exemplar selection needs labels")
+
+
+def test_qa_answers_are_scored_by_squad_exact_match_against_the_best_gold(setup, tmp_path):
+    root, model, tok = setup
+    context = "Two dogs play in the park while a man rides a bike."
+    qas = [{"id": str(i), "question": q, "answers": [{"text": a, "answer_start": context.index(a)}]}
+           for i, (q, a) in enumerate([("Who plays?", "Two dogs"), ("Where?", "the park"), ("What does he ride?",
+                                                                                          "a bike")])]
+    squad = {"data": [{"paragraphs": [{"context": context, "qas": qas}]}]}
+    (tmp_path / "qa.json").write_text(json.dumps(squad))
+    result = lf.prompt_generate(root / "run", task="qa", train=tmp_path / "qa.json", data=tmp_path / "qa.json",
+                                template="qa/instruction", shots=[0], seeds=1, max_new_tokens=6, out=tmp_path / "o")
+    [answers] = result["predictions"]["0"]
+    tpl = BUILTIN_GENERATION_TEMPLATES["qa/instruction"]
+    assert answers == [naive_answer(model, tok, tpl.prompt({"context": context, "question": qa["question"]}), 6, "\n")
+                       for qa in qas]
+
+    def normal(text):  # SQuAD v1.1's normalisation, written out here
+        text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+        return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+    expected = 100 * sum(normal(a) == normal(qa["answers"][0]["text"]) for a, qa in zip(answers, qas)) / 3
+    assert result["rows"][0]["exact_match"]["runs"] == [pytest.approx(expected)]
+    # And on answers that do match: case, articles and punctuation do not count, a partial answer gets F1 only.
+    scores = score_answers("qa", ["two DOGS", "in the park", "a bike!"], [{**qa, "context": context} for qa in qas])
+    assert scores["exact_match"] == pytest.approx(200 / 3)
+    assert scores["f1"] == pytest.approx(100 * (1 + 2 / 3 + 1) / 3)  # "in park" vs "park": precision 1/2, recall 1
