@@ -49,6 +49,7 @@ def plot_prompt_eval(results: dict | Sequence[dict], path: str | Path) -> None:
         ax.set_xticks(shots)
         ax.set_xlabel("shots")
         ax.set_ylabel("validation accuracy")
+        ax.set_ylim(0, 1.02)
         ax.set_title(f"{result['template']}: prompting vs fine-tuning", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
