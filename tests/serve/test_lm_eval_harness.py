@@ -140,13 +140,22 @@ def test_in_process_results_are_lm_evals(in_process):
     assert results["configs"][MC_TASK]["output_type"] == "multiple_choice"
 
 
-@_needs("accelerate", "lm-eval's hf backend")
-def test_lm_evals_hf_backend_agrees_with_lmforge(reference, in_process, tmp_path):
+HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None
+
+
+@pytest.fixture(scope="module")
+def hf_backend(reference, tmp_path_factory):
+    """lm-eval's own `hf` backend on the Hugging Face folder: its samples by task."""
+    if not HAS_ACCELERATE:
+        pytest.skip("lm-eval's hf backend needs accelerate, which is not installed (pip install lm-eval[api,hf])")
     hf_dir, _ = reference
     # One example at a time: Hugging Face's batched generation pads on the left, which moves its numbers slightly.
-    theirs = _lm_eval("hf", {"pretrained": hf_dir, "tokenizer": hf_dir, "dtype": "float32", "device": "cpu"},
-                      tmp_path, batch_size=1)
-    _assert_same_examples(in_process[1], theirs, TOLERANCE)
+    return _lm_eval("hf", {"pretrained": hf_dir, "tokenizer": hf_dir, "dtype": "float32", "device": "cpu"},
+                    tmp_path_factory.mktemp("hf-backend"), batch_size=1)
+
+
+def test_lm_evals_hf_backend_agrees_with_lmforge(in_process, hf_backend):
+    _assert_same_examples(in_process[1], hf_backend, TOLERANCE)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +195,7 @@ def test_server_answers_local_completions_requests_like_lmforge_eval_harness(ref
 @_needs("tenacity", "lm-eval's local-completions model")
 @pytest.mark.parametrize("tokenizer", ["remote", "huggingface"])
 def test_local_completions_against_lmforge_serve_agrees_with_lmforge(reference, in_process, served, tokenizer,
-                                                                     tmp_path):
+                                                                     tmp_path, request):
     hf_dir, _ = reference
     args = {"base_url": f"{served.url}/v1/completions", "model": "gpt2-random", "tokenizer_backend": tokenizer,
             "max_length": CONTEXT, "num_concurrent": 1}
@@ -194,6 +203,8 @@ def test_local_completions_against_lmforge_serve_agrees_with_lmforge(reference, 
         args["tokenizer"] = hf_dir
     theirs = _lm_eval("local-completions", args, tmp_path, batch_size=8, env={"OPENAI_API_KEY": "unused"})
     _assert_same_examples(in_process[1], theirs, 1e-5)
+    if HAS_ACCELERATE:  # and straight against lm-eval's own hf backend, the independent reference
+        _assert_same_examples(request.getfixturevalue("hf_backend"), theirs, TOLERANCE)
 
 
 def test_unknown_task_is_one_error_line(reference):
