@@ -77,12 +77,13 @@ def in_process(reference):
     return json.loads(path.read_text()), {t: _samples(run / "lm_eval", t) for t in (MC_TASK, GEN_TASK)}
 
 
-def _lm_eval(model: str, model_args: dict, out, batch_size: int, env: dict | None = None) -> dict[str, dict[int, dict]]:
+def _lm_eval(model: str, model_args: dict, out, batch_size: int, env: dict | None = None,
+             extra: list[str] = ()) -> dict[str, dict[int, dict]]:
     """The stock `lm_eval` command on both tasks; its samples by task."""
     args = ",".join(f"{k}={v}" for k, v in model_args.items())
     cmd = [os.path.join(os.path.dirname(sys.executable), "lm_eval"), "--model", model, "--model_args", args,
            "--tasks", f"{MC_TASK},{GEN_TASK}", "--include_path", str(TASKS), "--log_samples", "--output_path",
-           str(out), "--batch_size", str(batch_size)]
+           str(out), "--batch_size", str(batch_size), *extra]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
@@ -150,8 +151,8 @@ def hf_backend(reference, tmp_path_factory):
         pytest.skip("lm-eval's hf backend needs accelerate, which is not installed (pip install lm-eval[api,hf])")
     hf_dir, _ = reference
     # One example at a time: Hugging Face's batched generation pads on the left, which moves its numbers slightly.
-    return _lm_eval("hf", {"pretrained": hf_dir, "tokenizer": hf_dir, "dtype": "float32", "device": "cpu"},
-                    tmp_path_factory.mktemp("hf-backend"), batch_size=1)
+    return _lm_eval("hf", {"pretrained": hf_dir, "tokenizer": hf_dir, "dtype": "float32"},
+                    tmp_path_factory.mktemp("hf-backend"), batch_size=1, extra=["--device", "cpu"])
 
 
 def test_lm_evals_hf_backend_agrees_with_lmforge(in_process, hf_backend):
