@@ -17,6 +17,7 @@ SCHEDULES = ("cosine", "linear", "exponential", "constant", "wsd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARALLELISMS = ("ddp", "fsdp")
 CHECKPOINTING = ("none", "full", "selective")
+CHECKPOINT_FORMATS = ("full", "sharded")
 
 
 def _check(cond: bool, what: str, fix: str) -> None:
@@ -105,6 +106,7 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # evals without val-loss improvement before stopping
     checkpoint_interval: int = 500
     keep_last: int = 2
+    checkpoint_format: str = "full"      # full: whole weights from rank 0; sharded: each rank its shard (DCP)
     progress: bool = True
     threads: int | str | None = None     # CPU threads: N, or "auto" to time counts while training; None: as is
 
@@ -128,8 +130,10 @@ class TrainConfig:
         _check(all(0.0 <= b < 1.0 for b in self.betas), f"train.betas must be in [0, 1), got {list(self.betas)}",
                "pass e.g. --train.betas [0.9,0.95]")
         for name, choices, example in (("optimizer", OPTIMIZERS, "adamw"), ("schedule", SCHEDULES, "cosine"),
-                                       ("precision", PRECISIONS, "fp32"), ("parallel", PARALLELISMS, "fsdp")):
-            _check_choice(f"train.{name}", getattr(self, name), choices, f"pass e.g. --train.{name} {example}")
+                                       ("precision", PRECISIONS, "fp32"), ("parallel", PARALLELISMS, "fsdp"),
+                                       ("checkpoint_format", CHECKPOINT_FORMATS, "sharded")):
+            v = getattr(self, name)
+            _check(v in choices, f"train.{name} must be one of {', '.join(choices)}, got {v!r}", f"pass e.g. --train.{name} {example}")
         for name, fix in (("grad_clip", "pass a positive norm, or omit it to disable clipping"),
                           ("max_seconds", "pass a positive number of seconds"),
                           ("global_batch_size", "pass e.g. --train.global_batch_size 64, or leave it unset"),
@@ -144,15 +148,11 @@ class TrainConfig:
         self.activation_checkpointing = _checkpointing_mode(self.activation_checkpointing)
 
 
-def _check_choice(name: str, value, choices: tuple, fix: str) -> None:
-    _check(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}", fix)
-
-
 def _checkpointing_mode(value) -> str:
-    """The checkpointing mode of `value`, reading the former true/false switch as full/none."""
-    if isinstance(value, bool) or value in ("true", "false"):
+    if isinstance(value, bool) or value in ("true", "false"):  # the former switch
         return "full" if value in (True, "true") else "none"
-    _check_choice("train.activation_checkpointing", value, CHECKPOINTING, "pass --train.activation_checkpointing full")
+    _check(value in CHECKPOINTING, f"train.activation_checkpointing must be one of {', '.join(CHECKPOINTING)}, "
+           f"got {value!r}", "pass --train.activation_checkpointing full")
     return value
 
 

@@ -22,8 +22,8 @@ from lmforge.config import PrivacyConfig, TrainConfig
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.models.registry import tied_keys
 from lmforge.parallel import (DistInfo, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_ddp,
-                              apply_fsdp, clip_grad_norm, full_state, is_sharded, load_full_state, skip_gradient_sync,
-                              unwrap)
+                              apply_fsdp, barrier, clip_grad_norm, full_state, is_sharded, load_full_state,
+                              load_sharded, save_sharded, skip_gradient_sync, unwrap)
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
@@ -241,6 +241,8 @@ class Trainer:
 
     def _write_checkpoint(self, path: Path) -> bool:
         """Write a checkpoint from rank 0 (under FSDP every rank takes part in gathering the state)."""
+        if self.cfg.checkpoint_format == "sharded":
+            return self._write_sharded(path)
         weights, optimizer_state = full_state(self.model, self.optimizer)
         if not self.dist.is_main:
             return False
@@ -248,11 +250,26 @@ class Trainer:
         ckpt.write_checkpoint(path, weights, unwrap(self.model).config.to_dict(), optimizer_state, self._state_dict())
         return True
 
+    def _write_sharded(self, path: Path) -> bool:
+        """Every rank writes its own shards into a temporary folder, which rank 0 completes and renames into
+        place once all of them are written: a rank killed mid-save leaves the previous checkpoint the newest."""
+        tmp = ckpt.temporary_for(path) if self.dist.is_main else path.with_name(path.name + ".tmp")
+        barrier(self.dist)
+        save_sharded(tmp / ckpt.SHARDED, self.model, self.optimizer)
+        if self.dist.is_main:
+            config = unwrap(self.model).config.to_dict()
+            ckpt.finish_sharded(tmp, path, config, {**self._state_dict(), "world_size": self.dist.world_size})
+        barrier(self.dist)
+        return self.dist.is_main
+
     def save(self) -> Path | None:
         path = self.run_dir / "checkpoints" / f"step_{self.state.step:08d}"
         if not self._write_checkpoint(path):
             return None
-        ckpt.publish(path, self.run_dir)
+        if self.cfg.checkpoint_format == "sharded":
+            ckpt.publish_config(path, self.run_dir)
+        else:
+            ckpt.publish(path, self.run_dir)
         ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
         return path
 
@@ -260,8 +277,13 @@ class Trainer:
         path = ckpt.latest_checkpoint(self.run_dir)
         if path is None:
             return
-        weights, optimizer_state, saved = ckpt.read_checkpoint(path, self.model.state_dict(), optional=self.tied)
-        load_full_state(self.model, self.optimizer, weights, optimizer_state)
+        if ckpt.is_sharded_checkpoint(path):
+            saved = ckpt.read_sharded_state(path)
+            saved.pop("world_size", None)
+            load_sharded(path / ckpt.SHARDED, self.model, self.optimizer)
+        else:
+            weights, optimizer_state, saved = ckpt.read_checkpoint(path, self.model.state_dict(), optional=self.tied)
+            load_full_state(self.model, self.optimizer, weights, optimizer_state)
         self.loader.load_state_dict(saved.pop("loader"))
         if self.privacy is not None:
             self.privacy.load_state_dict(saved.pop("privacy", None))
