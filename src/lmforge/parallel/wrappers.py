@@ -112,6 +112,27 @@ def apply_fsdp(model: nn.Module, info: DistInfo, *, precision: str = "fp32",
     return model
 
 
+def on_meta_device(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
+def materialize(model: nn.Module, device: torch.device) -> nn.Module:
+    """Give a model built on the meta device (`build_model(..., device="meta")`) its memory on `device`, and
+    initialise it with the model's own `reset_parameters`.
+
+    Called after `apply_fsdp`, each rank allocates only its shards: a 7B model never exists whole on one
+    rank. A model that is not on the meta device is returned unchanged."""
+    if not on_meta_device(model):
+        return model
+    if any(True for _ in model.buffers()):  # their values come from the constructor, which never ran for real
+        raise ConfigError(f"{type(model).__name__} has buffers, which a model built on the meta device lacks",
+                          "build this model on a real device")
+    model.to_empty(device=device)
+    with torch.no_grad():
+        unwrap(model).reset_parameters()
+    return model
+
+
 def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 

@@ -23,7 +23,7 @@ from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.models.registry import tied_keys
 from lmforge.parallel import (DistInfo, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_ddp,
                               apply_fsdp, barrier, clip_grad_norm, full_state, is_sharded, load_full_state,
-                              load_sharded, save_sharded, skip_gradient_sync, unwrap)
+                              load_sharded, materialize, on_meta_device, save_sharded, skip_gradient_sync, unwrap)
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
@@ -60,7 +60,8 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.device = self.dist.device
         self.run_dir = Path(run_dir)
-        self.model = model.to(self.device)
+        # A model built on the meta device is given memory only once sharded (below), each rank its shards.
+        self.model = model if on_meta_device(model) else model.to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.grad_accum = micro_batches_per_step(cfg, self.dist)
         self.tied = tied_keys(self.model)  # before sharding, which gives every key its own tensor
@@ -73,6 +74,7 @@ class Trainer:
         if self.privacy is None:
             # FSDP replaces the parameters with sharded ones, which the optimizer must hold: wrap first.
             self.wrapped = self._wrap(self.model)
+        materialize(self.model, self.device)
         self.optimizer = build_optimizer(self.model, cfg, device_type=self.device.type, sharded=is_sharded(self.model))
         if self.privacy is not None:
             # Opacus hooks the bare model's layers; wrapping (DDP, compile) comes after them.
