@@ -31,6 +31,7 @@ from lmforge.train.precision import autocast, grad_scaler, resolve_precision
 from lmforge.train.privacy import PrivateTraining
 from lmforge.train.run_log import LogWindow, MetricsLog, progress_bar, resize_bar
 from lmforge.train.threads import ThreadTuner
+from lmforge.train.utilisation import device_peak_tflops, mfu, model_flops_per_token, peak_memory_gb
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Trainer:
         self.threads = ThreadTuner() if cfg.threads == "auto" else None
         self.state = TrainerState()
         self.stop_reason = ""
+        self.seq_len = 0  # of the latest batch, for the FLOPs per token
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """Activation checkpointing -> compile -> DDP or FSDP, each applied from outside the model."""
@@ -167,6 +169,7 @@ class Trainer:
         try:
             while st.step < cfg.max_steps:
                 batches = [self.loader.next_batch() for _ in range(self.grad_accum)]
+                self.seq_len = int(as_batch(batches[0])["input_ids"].shape[-1])
                 loss = self.train_step(batches)
                 if not math.isfinite(loss):
                     self._stop_on_nan(loss)
@@ -212,10 +215,16 @@ class Trainer:
         mean_loss, tps = window.close()
         terms = {f"train_{t}": v for t, v in self.last_terms.items()} if len(self.last_terms) > 1 else {}
         private = self.privacy.figures() if self.privacy is not None else {}
+        flops = model_flops_per_token(unwrap(self.model), self.seq_len)
+        utilisation = mfu(tps, flops, device_peak_tflops(self.device, self.precision), self.dist.world_size)
+        hardware = {"peak_memory_gb": round(peak_memory_gb(self.device), 3),
+                    **({"mfu": round(utilisation, 4)} if utilisation is not None else {})}
         metrics.write({"step": st.step, "train_loss": mean_loss, **terms, "lr": self.optimizer.param_groups[0]["lr"],
-                       "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds, **private})
+                       "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds, **hardware,
+                       **private})
         if bar is not None:
-            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}",
+                            **({"mfu": f"{utilisation:.1%}"} if utilisation is not None else {}))
 
     def _evaluate(self) -> dict:
         bare = unwrap(self.model)
