@@ -98,6 +98,8 @@ class TrainConfig:
     activation_checkpointing: str | bool = "none"  # none, full or selective (lmforge.parallel); true/false: full/none
     parallel: str = "ddp"                # over several processes: ddp (replicas) or fsdp (FSDP2 sharding)
     reshard_after_forward: bool = True   # fsdp: free each block's gathered weights after forward (less memory)
+    shard_group_size: int | None = None  # fsdp: shard within groups of this many processes (a node), replicate
+                                         # across the groups (hybrid sharding); None: shard over all processes
     seed: int = 1337
     device: str = "auto"
     log_interval: int = 10
@@ -129,15 +131,19 @@ class TrainConfig:
             _check(inside, f"train.{name} must be {allowed}, got {v}", f"pass e.g. --train.{name} {example}")
         _check(all(0.0 <= b < 1.0 for b in self.betas), f"train.betas must be in [0, 1), got {list(self.betas)}",
                "pass e.g. --train.betas [0.9,0.95]")
+        if isinstance(self.activation_checkpointing, bool) or self.activation_checkpointing in ("true", "false"):
+            self.activation_checkpointing = "full" if self.activation_checkpointing in (True, "true") else "none"
         for name, choices, example in (("optimizer", OPTIMIZERS, "adamw"), ("schedule", SCHEDULES, "cosine"),
                                        ("precision", PRECISIONS, "fp32"), ("parallel", PARALLELISMS, "fsdp"),
-                                       ("checkpoint_format", CHECKPOINT_FORMATS, "sharded")):
+                                       ("checkpoint_format", CHECKPOINT_FORMATS, "sharded"),
+                                       ("activation_checkpointing", CHECKPOINTING, "full")):
             v = getattr(self, name)
             _check(v in choices, f"train.{name} must be one of {', '.join(choices)}, got {v!r}", f"pass e.g. --train.{name} {example}")
         for name, fix in (("grad_clip", "pass a positive norm, or omit it to disable clipping"),
                           ("max_seconds", "pass a positive number of seconds"),
                           ("global_batch_size", "pass e.g. --train.global_batch_size 64, or leave it unset"),
-                          ("early_stopping_patience", "pass a positive number of evaluations")):
+                          ("early_stopping_patience", "pass a positive number of evaluations"),
+                          ("shard_group_size", "pass the processes per node, e.g. --train.shard_group_size 8")):
             v = getattr(self, name)
             _check(v is None or v > 0, f"train.{name} must be > 0, got {v}", fix)
         _check(self.seq_len is None or self.seq_len > 1, f"train.seq_len must be > 1, got {self.seq_len}",
@@ -145,15 +151,6 @@ class TrainConfig:
         _check(self.threads in (None, "auto") or (isinstance(self.threads, int) and self.threads > 0),
                f"train.threads must be a positive integer or auto, got {self.threads!r}",
                "pass e.g. --train.threads 2, or --train.threads auto on a machine other processes share")
-        self.activation_checkpointing = _checkpointing_mode(self.activation_checkpointing)
-
-
-def _checkpointing_mode(value) -> str:
-    if isinstance(value, bool) or value in ("true", "false"):  # the former switch
-        return "full" if value in (True, "true") else "none"
-    _check(value in CHECKPOINTING, f"train.activation_checkpointing must be one of {', '.join(CHECKPOINTING)}, "
-           f"got {value!r}", "pass --train.activation_checkpointing full")
-    return value
 
 
 # ---------------------------------------------------------------- fine-tuning

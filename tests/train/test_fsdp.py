@@ -12,7 +12,7 @@ from distributed_runs import GLOBAL_BATCH, SEQ, VOCAB, Job, on_two_ranks, run, t
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError
 from lmforge.models.registry import build_model
-from lmforge.parallel import DistInfo, apply_activation_checkpointing
+from lmforge.parallel import DistInfo, apply_activation_checkpointing, apply_fsdp
 from lmforge.train.trainer import Trainer
 
 ACCUMULATED_STEPS = 15
@@ -23,7 +23,9 @@ def two_rank_runs(tmp_path_factory):
     """Both 2-rank FSDP runs on one process group (starting the processes is most of their cost)."""
     root = tmp_path_factory.mktemp("fsdp")
     jobs = [Job(root / "two", train_config(parallel="fsdp", batch_size=2)),
-            Job(root / "two_accumulated", train_config(parallel="fsdp", batch_size=1, max_steps=ACCUMULATED_STEPS))]
+            Job(root / "two_accumulated", train_config(parallel="fsdp", batch_size=1, max_steps=ACCUMULATED_STEPS)),
+            # Hybrid sharding at its smallest: 2 groups of 1 rank, replicas of each other.
+            Job(root / "two_hybrid", train_config(parallel="fsdp", batch_size=2, shard_group_size=1))]
     return {job.run_dir.name: (job.run_dir, losses) for job, losses in zip(jobs, on_two_ranks(jobs))}
 
 
@@ -46,6 +48,10 @@ def assert_same_run(a, b, rel: float = 1e-6) -> None:
 
 def test_two_rank_fsdp_equals_one_process_on_the_same_global_batch(tmp_path, two_rank_runs):
     assert_same_run(one_process(tmp_path / "one", 2), two_rank_runs["two"])
+
+
+def test_hybrid_sharded_fsdp_equals_one_process_on_the_same_global_batch(tmp_path, two_rank_runs):
+    assert_same_run(one_process(tmp_path / "one", 2), two_rank_runs["two_hybrid"])
 
 
 def test_gradients_summed_over_ranks_instead_of_averaged_would_fail_the_comparison(tmp_path, two_rank_runs):
@@ -91,6 +97,11 @@ def test_a_global_batch_the_processes_do_not_divide_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="global_batch_size"):
         Trainer(model, None, train_config(batch_size=2, global_batch_size=6), tmp_path,
                 dist=DistInfo(rank=0, world_size=4))
+
+
+def test_a_shard_group_size_that_does_not_divide_the_processes_is_refused():
+    with pytest.raises(ConfigError, match="shard_group_size"):
+        apply_fsdp(build_model("llama-debug"), DistInfo(rank=0, world_size=4), shard_group_size=3)
 
 
 def test_former_boolean_checkpointing_switch_still_reads():

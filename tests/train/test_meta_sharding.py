@@ -74,3 +74,14 @@ def test_a_model_with_buffers_is_not_materialised_from_the_meta_device():
     model = build_model("debug", position="sinusoidal", device="meta")
     with pytest.raises(ConfigError, match="buffers"):
         materialize(model, torch.device("cpu"))
+
+
+def test_hybrid_sharding_shards_within_groups_and_replicates_across_them(fake_world):
+    info = fake_world(8)
+    model = build_model("llama-1b", device="meta")
+    apply_fsdp(model, info, shard_group_size=4)  # 2 nodes of 4
+    parameters = list(model.parameters())
+    assert all(p.device_mesh.mesh_dim_names == ("replicate", "shard") for p in parameters)
+    assert all(p.device_mesh.shape == (2, 4) for p in parameters)
+    whole = sum(p.numel() for p in parameters)
+    assert sum(p.to_local().numel() for p in parameters) == pytest.approx(whole / 4, rel=1e-3)

@@ -97,7 +97,8 @@ class Trainer:
             apply_compile(model)
         if self.cfg.parallel == "fsdp":
             return apply_fsdp(model, self.dist, precision=self.precision,
-                              reshard_after_forward=self.cfg.reshard_after_forward)
+                              reshard_after_forward=self.cfg.reshard_after_forward,
+                              shard_group_size=self.cfg.shard_group_size)
         return apply_ddp(model, self.dist)
 
     # ------------------------------------------------------------------ one optimizer step
