@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distributed_runs import GLOBAL_BATCH, SEQ, VOCAB, Job, on_two_ranks, run, train_config
+from distributed_runs import SEQ, VOCAB, Job, on_two_ranks, run, train_config
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError
 from lmforge.models.registry import build_model
