@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch.distributed.checkpoint import FileSystemWriter
 
-from distributed_runs import Job, on_two_ranks, run, start_two_ranks, tiny_llama, train_config
+from distributed_runs import Job, run, start_two_ranks, tiny_llama, train_config
 from lmforge.data.tokenizers import train_tokenizer
 from lmforge.errors import CheckpointError
 from lmforge.interop.convert import convert
@@ -61,13 +61,21 @@ def die_in_second_save() -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """An uninterrupted run in one process (whole-weight checkpoints), a 2-rank run stopped after SAVED_AT
-    steps, and that run resumed on 2 ranks."""
+    """An uninterrupted run in one process (whole-weight checkpoints); then on one group of 2 ranks (starting
+    processes is most of the cost): a run stopped after SAVED_AT steps, that run resumed, and a run whose
+    rank 1 is killed in its second save, which ends the group."""
     root = tmp_path_factory.mktemp("sharded")
     (root / "uninterrupted").mkdir()
     run(root / "uninterrupted", 0, 1, train_config(batch_size=2, max_steps=TOTAL))
-    on_two_ranks([Job(root / "saved", sharded(max_steps=SAVED_AT)),
-                  Job(root / "resumed_on_2", sharded(), resume=True, copy_of=root / "saved")])
+    group = start_two_ranks([Job(root / "saved", sharded(max_steps=SAVED_AT)),
+                             Job(root / "resumed_on_2", sharded(), resume=True, copy_of=root / "saved"),
+                             Job(root / "killed", sharded(max_steps=4, checkpoint_interval=2),
+                                 patches=[(1, die_in_second_save)])])
+    # Like torchrun, the group stops the surviving rank once one has died.
+    with pytest.raises(mp.ProcessExitedException) as died:
+        while not group.join(timeout=300):
+            pass
+    assert died.value.exit_code == -signal.SIGKILL and died.value.error_index == 1
     return root
 
 
@@ -91,14 +99,8 @@ def test_saved_on_2_ranks_resumes_in_1_process_to_the_uninterrupted_weights(runs
 
 
 def test_a_rank_killed_mid_save_leaves_the_previous_checkpoint_usable(runs, tmp_path):
+    shutil.copytree(runs / "killed", tmp_path / "run")
     run_dir = tmp_path / "run"
-    group = start_two_ranks([Job(run_dir, sharded(max_steps=4, checkpoint_interval=2),
-                                 patches=[(1, die_in_second_save)])])
-    # Like torchrun, the group stops the surviving rank once one has died.
-    with pytest.raises(mp.ProcessExitedException) as died:
-        while not group.join(timeout=300):
-            pass
-    assert died.value.exit_code == -signal.SIGKILL
     assert (run_dir / "checkpoints" / "step_00000004.tmp").is_dir()  # the interrupted save
     assert ckpt.latest_checkpoint(run_dir).name == "step_00000002"
     losses = run(run_dir, 0, 1, sharded(), resume=True)
