@@ -1,5 +1,7 @@
 """Bad input to the scale-out options through `lmforge pretrain`: one `error:` line, exit status 2, and no
 run directory left behind by a run that could not start."""
+import shutil
+
 import pytest
 
 from cli_run import assert_user_error, with_threads, write_corpus
@@ -34,11 +36,25 @@ def test_a_global_batch_the_processes_do_not_divide(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_resuming_a_sharded_checkpoint_with_another_model_shape(data, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def sharded_run(data):
+    run = data.parent / "sharded"
     r = pretrain(data, run, "--model", "llama-debug", "--train.max_steps", "2", "--train.checkpoint_format",
                  "sharded")
     assert r.returncode == 0, r.stderr
-    r = pretrain(data, run, "--model", "llama-debug", "--model.intermediate_size", "96", "--train.max_steps", "4",
-                 "--train.checkpoint_format", "sharded", "--resume")
+    return run
+
+
+def test_convert_makes_one_hugging_face_folder_from_a_sharded_run(sharded_run, tmp_path):
+    assert not (sharded_run / "model.safetensors").exists()
+    r = lmforge("convert", sharded_run, tmp_path / "hf", "--to", "hf")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "hf" / "model.safetensors").is_file() and (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_resuming_a_sharded_checkpoint_with_another_model_shape(data, sharded_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(sharded_run, run)
+    r = pretrain(data, run, "--model", "llama-debug", "--model.intermediate_size", "96",
+                 "--train.max_steps", "4", "--train.checkpoint_format", "sharded", "--resume")
     assert_user_error(r, "sharded checkpoint", "of shape", "resume with the model config")
