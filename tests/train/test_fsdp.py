@@ -109,3 +109,11 @@ def test_former_boolean_checkpointing_switch_still_reads():
     assert TrainConfig(activation_checkpointing=False).activation_checkpointing == "none"
     with pytest.raises(ConfigError, match="activation_checkpointing"):
         TrainConfig(activation_checkpointing="some")
+
+
+@pytest.mark.parametrize("change, fragment", [({"shard_group_size": 0}, "train.shard_group_size must be > 0"),
+                                              ({"checkpoint_format": "zip"}, "train.checkpoint_format must be one of"),
+                                              ({"parallel": "tp"}, "train.parallel must be one of ddp, fsdp")])
+def test_bad_scale_out_settings_are_refused(change, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        TrainConfig(**change)
