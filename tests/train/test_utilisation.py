@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from distributed_runs import FixedBatches, tiny_llama, train_config
 from lmforge.models.registry import build_model
 from lmforge.train import trainer as trainer_module
-from lmforge.train.run_log import read_metrics
+from lmforge.train.metrics_log import read_metrics
 from lmforge.train.trainer import Trainer
 from lmforge.train.utilisation import model_flops_per_token
 

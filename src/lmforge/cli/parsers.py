@@ -212,9 +212,10 @@ def presets_parser() -> ArgumentParser:
 
 
 def quantize_parser() -> ArgumentParser:
-    p = verb_parser("Quantize a run's linear layers (int8: one scale per output channel; int4: a scale and zero "
-                    "point per group of input columns) into a new run directory that generate, chat, predict, serve "
-                    "and eval read like any run.")
+    p = verb_parser("Quantize a run's linear layers (int8: one scale per output channel; dynamic-int8: the same "
+                    "weights times activations quantized to int8 as it runs, fastest for encoders on x86; int4: a "
+                    "scale and zero point per group of input columns) into a new run directory that generate, chat, "
+                    "predict, serve and eval read like any run.")
     p.add_argument("run", help="run directory to quantize")
     p.add_argument("--method", default="int8", choices=list(QUANTIZATION_METHODS), help="quantization method")
     p.add_argument("--group_size", type=int | None, default=None,
@@ -228,16 +229,23 @@ def quantize_parser() -> ArgumentParser:
 
 def prune_parser() -> ArgumentParser:
     p = verb_parser("Prune a run into a new run directory: structured pruning removes attention heads and MLP "
-                    "neurons (smaller tensors, a smaller and faster model); magnitude pruning zeroes the smallest "
+                    "neurons (smaller tensors, a smaller and faster model); lowrank factorises the blocks' linear "
+                    "layers (whitened by their inputs, or plain SVD); magnitude pruning zeroes the smallest "
                     "weights (for comparison: no faster on dense kernels).")
     p.add_argument("run", help="run directory to prune (a fine-tuned or pretrained BERT, GPT or Llama run)")
     p.add_argument("--method", default="structured", choices=list(PRUNE_METHODS), help="pruning method")
     p.add_argument("--sparsity", type=float, default=0.3,
                    help="fraction of each layer's heads and MLP neurons (structured) or of the blocks' weights "
-                        "(magnitude) to remove, between 0 and 1")
+                        "(magnitude, lowrank) to remove, between 0 and 1")
     p.add_argument("--importance", default="magnitude", choices=list(PRUNE_IMPORTANCE),
                    help="structured: rank units by their weights' magnitude, or by a first-order (Taylor) estimate "
                         "of the loss change on the run's training data (fine-tuned runs)")
+    p.add_argument("--whiten", type=bool, default=True,
+                   help="lowrank: weight the factorisation by the layers' inputs on calibration data (false: plain "
+                        "SVD)")
+    p.add_argument("--calibration", type=str | None, default=None,
+                   help="lowrank on a language model: a text file to whiten with (fine-tuned runs use their own "
+                        "training examples)")
     p.add_argument("--recover_steps", type=int, default=0,
                    help="fine-tune the pruned model this many steps on the run's own recipe (fine-tuned runs)")
     p.add_argument("--out", required=True, help="run directory to create; written whole or not at all")

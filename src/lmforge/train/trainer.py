@@ -17,19 +17,20 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from lmforge.config import PrivacyConfig, TrainConfig
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
-from lmforge.models.registry import tied_keys
+from lmforge.models.registry import applied_transforms, tied_keys
 from lmforge.parallel import (DistInfo, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_ddp,
                               apply_fsdp, barrier, clip_grad_norm, full_state, is_sharded, load_full_state,
                               load_sharded, materialize, on_meta_device, save_sharded, skip_gradient_sync, unwrap)
 from lmforge.train import checkpoint as ckpt
+from lmforge.train.metrics_log import LogWindow, MetricsLog
 from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
 from lmforge.train.precision import autocast, grad_scaler, resolve_precision
 from lmforge.train.privacy import PrivateTraining
-from lmforge.train.run_log import LogWindow, MetricsLog, progress_bar, resize_bar
 from lmforge.train.threads import ThreadTuner
 from lmforge.train.utilisation import device_peak_tflops, mfu, model_flops_per_token, peak_memory_gb
 
@@ -161,7 +162,7 @@ class Trainer:
             figures = self._evaluate()
             st.initial_val_loss = figures["val_loss"]
             metrics.write({"step": 0, **figures})
-        bar = progress_bar(cfg, st.step, enabled=self.dist.is_main and cfg.progress)
+        bar = _progress(cfg, st.step, enabled=self.dist.is_main and cfg.progress)
         start_wall, start_seconds, window = time.perf_counter(), st.wall_seconds, LogWindow()
         self.stop_reason = "max_steps"
         threads_before = torch.get_num_threads()
@@ -198,7 +199,7 @@ class Trainer:
                         callback(self)
                 # A time budget resizes the run as it measures the step rate, and on a budget stop the
                 # steps done, not the configured ones, were the run's length.
-                resize_bar(bar, st.step if out_of_time else cfg.max_steps)
+                _resize(bar, st.step if out_of_time else cfg.max_steps)
                 if out_of_time or stop_early:
                     self.stop_reason = "max_seconds" if out_of_time else "early_stopping"
                     break
@@ -259,7 +260,9 @@ class Trainer:
         if not self.dist.is_main:
             return False
         weights = {k: v for k, v in weights.items() if k not in self.tied}
-        ckpt.write_checkpoint(path, weights, unwrap(self.model).config.to_dict(), optimizer_state, self._state_dict())
+        bare = unwrap(self.model)  # its config, with the record of any factorised layers it was built with
+        ckpt.write_checkpoint(path, weights, {**bare.config.to_dict(), **applied_transforms(bare)}, optimizer_state,
+                              self._state_dict())
         return True
 
     def _write_sharded(self, path: Path) -> bool:
@@ -354,3 +357,15 @@ def micro_batches_per_step(cfg: TrainConfig, dist: DistInfo) -> int:
                           f"pass --train.global_batch_size {max(1, round(cfg.global_batch_size / per_pass)) * per_pass}"
                           f" or a --train.batch_size that divides it over {dist.world_size} processes")
     return cfg.global_batch_size // per_pass
+
+
+def _resize(bar, total: int) -> None:
+    if bar is not None and bar.total != total:
+        bar.total = total
+        bar.refresh()
+
+
+def _progress(cfg: TrainConfig, initial: int, *, enabled: bool):
+    if not enabled:
+        return None
+    return tqdm(total=cfg.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True)

@@ -1,14 +1,12 @@
-"""What a training run writes as it goes: metrics.jsonl, the loss plot and the progress bar."""
+"""What a training run writes as it goes: metrics.jsonl (one JSON object per logged step), the running
+figures of a log line, and plots/loss.png drawn from the log."""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from lmforge.atomic import atomic_path
-from lmforge.config import TrainConfig
 
 
 class MetricsLog:
@@ -47,18 +45,6 @@ class LogWindow:
         figures = self.loss / max(self.steps, 1), self.tokens / max(now - self.start, 1e-9)
         self._reset()
         return figures
-
-
-def resize_bar(bar, total: int) -> None:
-    if bar is not None and bar.total != total:
-        bar.total = total
-        bar.refresh()
-
-
-def progress_bar(cfg: TrainConfig, initial: int, *, enabled: bool):
-    if not enabled:
-        return None
-    return tqdm(total=cfg.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
