@@ -95,13 +95,15 @@ def _task_row(run: Path, seq_len: int, repeats: int) -> tuple[dict, torch.Tensor
         raise ConfigError(f"{recipe_path} names no validation file", "report runs fine-tuned with data.valid set")
     examples = task.read(resolve_data_path(data.valid))
     features = task.encode_all(examples)
-    figures = task.evaluate(model, examples, features, batch_size=32)
+    with torch.inference_mode():
+        figures = task.evaluate(model.eval(), examples, features, batch_size=32)
     metric = task_class(model.config.task).main_metric
     ids = torch.tensor([t for f in features for t in f["input_ids"]][:seq_len * max(BATCH_SIZES)])
     inputs = {b: (lambda b=b: model(ids[:b * seq_len].view(b, seq_len),
                                     attention_mask=torch.ones(b, seq_len, dtype=torch.long))) for b in BATCH_SIZES}
     row = {**_common(run, model, inputs, repeats), "metric": metric, "value": figures.get(metric)}
-    logits = task.logits(model, features, 32) if hasattr(task, "logits") else None
+    with torch.inference_mode():
+        logits = task.logits(model, features, 32) if hasattr(task, "logits") else None
     return row, logits
 
 
