@@ -64,15 +64,13 @@ def ort_feeds(session: ort.InferenceSession, batch: dict) -> dict:
             if k in names and k in batch}
 
 
-def ort_accuracy(session: ort.InferenceSession, task, features: list[dict], batch_size: int = 32) -> float:
-    correct = 0
+def ort_logits(session: ort.InferenceSession, task, features: list[dict], batch_size: int = 32) -> np.ndarray:
+    rows = []
     for start in range(0, len(features), batch_size):
         chunk = features[start:start + batch_size]
-        labels = [f["class_labels"] for f in chunk]
         batch = task.collate([{k: v for k, v in f.items() if k != "class_labels"} for f in chunk])
-        logits = session.run(["logits"], ort_feeds(session, batch))[0]
-        correct += int((logits.argmax(-1) == np.array(labels)).sum())
-    return correct / len(features)
+        rows.append(session.run(["logits"], ort_feeds(session, batch))[0])
+    return np.concatenate(rows)
 
 
 def ort_latency(session: ort.InferenceSession, ids: torch.Tensor, repeats: int) -> float:
@@ -130,11 +128,21 @@ def main() -> None:
     if not int8_onnx.exists():
         quantize_dynamic(str(onnx_dir / "model.onnx"), str(int8_onnx), weight_type=QuantType.QInt8, per_channel=True)
     task, features = validation(run)
+    labels = np.array([f["class_labels"] for f in features])
+    model, _ = load_task_run(run)
+    with torch.inference_mode():
+        ours = task.logits(model.eval(), features, 32).numpy()
     ids = torch.tensor([t for f in features for t in f["input_ids"]][:args.seq_len]).view(1, -1)
+    logits_gap = None
     for name, path in (("ort_fp32", onnx_dir / "model.onnx"), ("ort_int8", int8_onnx)):
         session = ort_session(path, args.threads)
         latency[name] = ort_latency(session, ids, args.repeats)
-        accuracy[name] = ort_accuracy(session, task, features)
+        logits = ort_logits(session, task, features)
+        accuracy[name] = float((logits.argmax(-1) == labels).mean())
+        if name == "ort_fp32":
+            logits_gap = float(np.abs(logits - ours).max())
+    print(f"onnxruntime fp32 vs lmforge fp32 on {len(features)} validation examples: max |logit difference| "
+          f"{logits_gap:.2e}")
 
     print(f"\n| variant | latency ms (b=1, {args.seq_len} tokens) | speed-up vs lmforge fp32 | accuracy |")
     print("|---|---:|---:|---:|")
@@ -151,6 +159,7 @@ def main() -> None:
               "ort_fp32_speedup": round(latency["fp32"] / latency["ort_fp32"], 3),
               "ort_int8_speedup": round(latency["fp32"] / latency["ort_int8"], 3),
               "pruned_parameters_removed": round(1 - rows["pruned"]["parameters"] / rows["fp32"]["parameters"], 4),
+              "onnx_fp32_max_logit_difference": logits_gap,
               "accuracy": {name: round(value, 4) for name, value in accuracy.items()}}
     if "distilled" in latency:
         result["distilled_speedup"] = round(latency["fp32"] / latency["distilled"], 3)

@@ -7,8 +7,7 @@ import torch.nn as nn
 
 from lmforge.compress import apply_quantization
 from lmforge.compress import dynamic_int8
-from lmforge.compress.cpu import fbgemm_available
-from lmforge.compress.dynamic_int8 import DynamicInt8Linear
+from lmforge.compress.dynamic_int8 import DynamicInt8Linear, fbgemm_available
 from lmforge.compress.int8 import Int8Linear, dequantize
 from lmforge.models.registry import build_model, load_model, preset_config, save_model
 

@@ -18,11 +18,15 @@ import warnings
 
 import torch
 
-from lmforge.compress.cpu import fbgemm_available
 from lmforge.compress.int8 import Int8Linear
 
 # Activations take 7 bits of the 8: products of pairs then fit the 16-bit sums of AVX2 kernels.
 REDUCE_RANGE = True
+
+
+def fbgemm_available() -> bool:
+    """True when PyTorch's fbgemm int8 kernels (x86) can run here."""
+    return "fbgemm" in torch.backends.quantized.supported_engines
 
 
 class DynamicInt8Linear(Int8Linear):

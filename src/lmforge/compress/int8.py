@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmforge.compress.cpu import fast_bfloat16
+from lmforge.device import cpu_has_native_bf16
 
 # The packed kernel's fast path: activations and scales in this dtype (float16 also runs, unless given).
 KERNEL_DTYPE = torch.bfloat16
@@ -52,11 +52,11 @@ def dequantize(weight_int8: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 def int8_matmul(x2d: torch.Tensor, weight_int8: torch.Tensor, kernel_scales: torch.Tensor) -> torch.Tensor:
     """x2d (M, K) @ dequantized weight.T -> (M, N) in x2d's dtype, computed in half precision (CPU), or for
-    many fp32 rows on a CPU without native bfloat16 in fp32 (see compress/cpu.py).
+    many fp32 rows on a CPU without native bfloat16 in fp32 (see lmforge.device.cpu_has_native_bf16).
 
     `kernel_scales` (N,) are in the compute dtype: x2d's own when it is half precision, else bfloat16."""
     packed = x2d.shape[0] <= PACKED_KERNEL_MAX_ROWS and x2d.shape[1] % PACKED_KERNEL_K_MULTIPLE == 0
-    if not packed and x2d.dtype == torch.float32 and not fast_bfloat16():
+    if not packed and x2d.dtype == torch.float32 and not cpu_has_native_bf16():
         return F.linear(x2d, weight_int8.to(torch.float32)) * kernel_scales.to(torch.float32)
     compute = x2d.dtype if x2d.dtype in _HALF_DTYPES else KERNEL_DTYPE
     scales = kernel_scales if kernel_scales.dtype == compute else kernel_scales.to(compute)
