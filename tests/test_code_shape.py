@@ -34,6 +34,9 @@ LAZY_IMPORTS: dict[str, str] = {
     "nltk": "word segmentation for Chinese QA scoring, slow to import",
     "seqeval": "entity scoring (it imports scikit-learn), computed only by NER evaluation",
     "onnx": "reading ONNX graphs, needed only by `lmforge export` (slow to import: it loads protobuf)",
+    "lm_eval": "optional (the `harness` extra), seconds to import; only `lmforge eval harness` needs it",
+    "captum": "attribution methods, used only by `lmforge explain` (slow to import: it loads matplotlib and scipy)",
+    "scipy": "rank correlation, computed only by `lmforge explain eval` (scipy.stats is slow to import)",
     "opacus": "DP-SGD, loaded only by runs with --privacy (several seconds to import)",
 }
 

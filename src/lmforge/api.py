@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, MethodConfig, ModelSpec,
-                            PrivacyConfig, StartConfig, TaskDataConfig, TrainConfig)
+from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, DistillConfig, MethodConfig,
+                            ModelSpec, PrivacyConfig, StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.data.shards import prepare_dataset
 from lmforge.eval.perplexity import perplexity_of_run
 from lmforge.infer.chat import chat_loop
@@ -26,18 +26,26 @@ from lmforge.models.gpt import count_parameters
 from lmforge.models.registry import PRESETS, build_model
 from lmforge.runs.compare import DEFAULT_MODELS, compare as compare_models
 from lmforge.runs.demo import DEMO_PROMPTS, demo
+from lmforge.runs.explain import explain as explain_run, explain_eval as explain_eval_run
 from lmforge.runs.export import export_run
 from lmforge.runs.finetune import finetune as finetune_run
+from lmforge.runs.harness_eval import evaluate_harness as evaluate_harness_run
 from lmforge.runs.predict import pipeline, predict
+from lmforge.runs.prompt_eval import prompt_eval as prompt_eval_run
 from lmforge.runs.pretrain import pretrain
+from lmforge.runs.distill import distill as distill_run
+from lmforge.runs.prune import prune_run
+from lmforge.runs.report import compress_report as compress_report_of_runs
 from lmforge.runs.quantize import quantize_run
 from lmforge.runs.rundir import check_out, load
 from lmforge.serve.app import create_app
+from lmforge.train.plan import PlanRequest, plan as plan_training
 
-__all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "MethodConfig", "ModelSpec",
-           "StartConfig", "TaskDataConfig", "TrainConfig", "PrivacyConfig", "DEMO_PROMPTS", "prepare", "pretrain", "finetune",
-           "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare", "convert",
-           "describe_conversion", "presets", "demo", "serve", "quantize", "export"]
+__all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "DistillConfig", "MethodConfig", "ModelSpec",
+           "StartConfig", "TaskDataConfig", "TrainConfig", "PrivacyConfig", "DEMO_PROMPTS", "prepare", "pretrain",
+           "finetune", "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare",
+           "convert", "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill",
+           "compress_report", "export", "evaluate_harness", "prompt_eval", "explain", "explain_eval", "plan"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -109,9 +117,40 @@ def presets() -> dict[str, int]:
     return {name: count_parameters(build_model(name, device="meta")) for name in sorted(PRESETS)}
 
 
+def plan(model: str, **options) -> dict:
+    """What training preset `model` needs before a run starts: parameters, FLOPs per token, memory per GPU
+    (weights, gradients, optimizer states, activations, buffers), the largest micro-batch that fits,
+    tokens/s at an MFU, wall and GPU hours, and a verdict. `options` are `PlanRequest`'s fields
+    (gpus, gpu, gpu_memory, seq_len, micro_batch, global_batch_tokens, tokens, precision, parallel,
+    activation_checkpointing, mfu, peak_tflops, reshard_after_forward)."""
+    return plan_training(PlanRequest(model=model, **options))
+
+
 def evaluate_perplexity(run_dir: str | Path, data: str, **kwargs) -> dict:
     """Perplexity and bits per byte of a run's model on a text file or a prepared dataset's val split."""
     return perplexity_of_run(run_dir, data, **kwargs)
+
+
+def evaluate_harness(run_dir: str | Path, tasks, *, include_path: str | Path | None = None,
+                     num_fewshot: int | None = None, limit: int | float | None = None, batch_size: int = 16,
+                     device: str = "cpu") -> dict:
+    """lm-evaluation-harness `tasks` (names, or "a,b") on the decoder of `run_dir`, in process: log-likelihoods
+    from batched scoring, generations from the engine. Task YAMLs in `include_path` are found besides lm-eval's
+    own. lm-eval's results JSON (and each task's samples) are written into `run_dir/lm_eval/`; returns the results
+    with `results_path`. Needs `pip install lmforge[harness]`."""
+    return evaluate_harness_run(run_dir, tasks, include_path=include_path, num_fewshot=num_fewshot, limit=limit,
+                                batch_size=batch_size, device=device)
+
+
+def prompt_eval(run_dir: str | Path, *, data: str | Path, train: str | Path, template: str | Path,
+                shots=(0, 1, 4, 8), seeds: int = 5, balanced: bool = False, limit: int | None = None,
+                out: str | Path, finetuned: str | Path | None = None, device: str = "cpu") -> dict:
+    """Classification by prompting the decoder of `run_dir`: each label's verbaliser in `template` (a YAML file or
+    a built-in `TASK/PATTERN`) scored after 0..k exemplars from `train`, accuracy on `data` per number of shots as
+    mean ± std over `seeds` exemplar draws, with and without contextual calibration, beside the fine-tuned run
+    `finetuned` when given. Writes `out/prompt_eval.json` and `.md`; returns the JSON."""
+    return prompt_eval_run(run_dir, data=data, train=train, template=template, shots=shots, seeds=seeds,
+                           balanced=balanced, limit=limit, out=out, finetuned=finetuned, device=device)
 
 
 def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool = False) -> dict:
@@ -130,6 +169,37 @@ def quantize(run_dir: str | Path, out: str | Path, *, method: str = "int8", over
     given. Returns the new run's summary."""
     return quantize_run(run_dir, out, method=method, overwrite=overwrite, group_size=group_size,
                         calibration=calibration)
+
+
+def prune(run_dir: str | Path, out: str | Path, *, method: str = "structured", sparsity: float = 0.3,
+          importance: str = "magnitude", recover_steps: int = 0, overwrite: bool = False) -> dict:
+    """Write a pruned copy of the run in `run_dir` to `out`. `method="structured"` removes `sparsity` of each
+    layer's attention heads (encoders) and MLP neurons, ranked by `importance` ("magnitude", or "taylor" on
+    the run's training data), and `out` loads as the smaller model; `method="magnitude"` zeroes that fraction
+    of the blocks' weights. `recover_steps` > 0 fine-tunes the pruned model that many steps on the run's own
+    recipe, its head kept. Returns the summary (parameters and bytes before and after)."""
+    return prune_run(run_dir, out, method=method, sparsity=sparsity, importance=importance,
+                     recover_steps=recover_steps, overwrite=overwrite)
+
+
+def distill(teacher: str | Path, out: str | Path, *, student: str = "half", distill: DistillConfig | None = None,
+            data: TaskDataConfig | None = None, train: TrainConfig | None = None, method: MethodConfig | None = None,
+            overwrite: bool = False) -> dict:
+    """Train a student of the fine-tuned classifier or tagger `teacher` into the run directory `out`, on hard
+    labels and the teacher's softened predictions (`distill`: temperature and weight). `student`: "half" (the
+    teacher's every other layer), layer numbers "0,2,4", a run directory with the teacher's tokenizer, or a
+    preset. `data`, `train` and `method` default to the teacher's recipe. Returns the student's summary."""
+    return distill_run(teacher, out, student=student, distill=distill, data=data, train=train, method=method,
+                       overwrite=overwrite)
+
+
+def compress_report(runs: list[str | Path], out: str | Path, *, data: str | None = None, seq_len: int = 128,
+                    repeats: int = 20, overwrite: bool = False) -> dict:
+    """Measure the original run `runs[0]` and its compressed variants: size on disk, parameters, CPU latency at
+    batch 1 and 8 on `seq_len`-token sequences, throughput, quality (the task metric on the recipe's validation
+    split, or perplexity on the text file `data`) and agreement with the original. Writes report.md,
+    report.json and report.png into `out`; returns the report (its rows and a Markdown table)."""
+    return compress_report_of_runs(runs, out, data=data, seq_len=seq_len, repeats=repeats, overwrite=overwrite)
 
 
 def compare(data: str, budget_seconds: float, out: str | Path, *, models=None, tokenizer: str = "char",
@@ -161,7 +231,7 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_k
     completions, the task runs in `task_models` ({"classify": RUN, ...}) and a web playground at `/`.
 
     `limits` go to `lmforge.serve.app.create_app` (max_prompt_tokens, max_tokens_limit, max_body_bytes,
-    max_concurrent, request_timeout, max_num_batched_tokens, model_name)."""
+    max_concurrent, request_timeout, max_num_batched_tokens, model_name, max_logprobs)."""
     import uvicorn  # the HTTP server is loaded only by the command that serves
 
     app = create_app(model, api_keys=tuple(api_keys or ()), task_models=task_models, max_slots=max_slots, **limits)
@@ -169,3 +239,25 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_k
         print(f"warning: serving on {host} without an API key: anyone who can reach this port can use the model",
               flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def explain(model: str | Path, *, text: str | None = None, input: str | None = None, method: str = "attention",
+            target: str | None = None, out: str | Path, steps: int | None = None, overwrite: bool = False,
+            device: str = "cpu") -> list[dict]:
+    """Explain `text` (or each line of the file `input`) as the run `model` reads it. `method`: attention, rollout,
+    ig (integrated gradients on the token embeddings, completeness delta reported), saliency (gradient x input) or
+    logit-lens (decoder language models). `target`: a classifier's label, a tagger's TAG or TAG@WORD, a language
+    model's next token (default: the prediction). Writes `out` (explanations.json, attention.json for bertviz,
+    viewer.html, plots/) whole or not at all; returns the explanations."""
+    return explain_run(model, text=text, input=input, method=method, target=target, out=out, steps=steps,
+                       overwrite=overwrite, device=device)
+
+
+def explain_eval(model: str | Path, data: str, *, methods="ig,rollout,attention", limit: int | None = None,
+                 fraction: float = 0.2, steps: int | None = None, seed: int = 0, output: str | Path | None = None,
+                 device: str = "cpu") -> dict:
+    """How faithful each method's token scores are for the classifier `model` on the labelled file `data`: ERASER
+    comprehensiveness and sufficiency at `fraction` of the tokens against random tokens, integrated gradients'
+    completeness error, and the rank correlation between methods. Writes the report to `output` when given."""
+    return explain_eval_run(model, data, methods=methods, limit=limit, fraction=fraction, steps=steps, seed=seed,
+                            out=output, device=device)

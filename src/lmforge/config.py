@@ -15,6 +15,8 @@ from lmforge.errors import ConfigError
 OPTIMIZERS = ("adamw", "adam", "sgd", "adagrad", "rmsprop")
 SCHEDULES = ("cosine", "linear", "exponential", "constant", "wsd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PARALLELISMS = ("ddp", "fsdp")
+CHECKPOINTING = ("none", "full", "selective")
 
 
 def _check(cond: bool, what: str, fix: str) -> None:
@@ -73,6 +75,7 @@ class TrainConfig:
 
     batch_size: int = 16                 # sequences per micro-batch per process
     grad_accum: int = 1                  # micro-batches per optimizer step
+    global_batch_size: int | None = None  # sequences per optimizer step over all processes; sets grad_accum
     seq_len: int | None = None           # None: the model's context length
     max_steps: int = 1000
     max_seconds: float | None = None     # stop after this much wall-clock training time
@@ -91,7 +94,10 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     precision: str = "auto"              # auto = bf16 on GPUs that support it, fp32 on CPU
     compile: bool = False
-    activation_checkpointing: bool = False
+    activation_checkpointing: str | bool = "none"  # none, full (recompute each block) or selective (keep the
+                                         # matmul and attention outputs, recompute the rest); true/false: full/none
+    parallel: str = "ddp"                # over several processes: ddp (replicas) or fsdp (FSDP2 sharding)
+    reshard_after_forward: bool = True   # fsdp: free each block's gathered weights after forward (less memory)
     seed: int = 1337
     device: str = "auto"
     log_interval: int = 10
@@ -137,12 +143,27 @@ class TrainConfig:
                f"train.max_seconds must be > 0, got {self.max_seconds}", "pass a positive number of seconds")
         _check(self.seq_len is None or self.seq_len > 1, f"train.seq_len must be > 1, got {self.seq_len}",
                "pass e.g. --train.seq_len 256")
+        _check(self.global_batch_size is None or self.global_batch_size > 0,
+               f"train.global_batch_size must be positive, got {self.global_batch_size}",
+               "pass e.g. --train.global_batch_size 64, or leave it unset to use train.grad_accum")
         _check(self.threads in (None, "auto") or (isinstance(self.threads, int) and self.threads > 0),
                f"train.threads must be a positive integer or auto, got {self.threads!r}",
                "pass e.g. --train.threads 2, or --train.threads auto on a machine other processes share")
+        self.activation_checkpointing = _checkpointing_mode(self.activation_checkpointing)
+        _check(self.parallel in PARALLELISMS, f"train.parallel must be one of {', '.join(PARALLELISMS)}, "
+               f"got {self.parallel!r}", "pass --train.parallel ddp or --train.parallel fsdp")
         _check(self.early_stopping_patience is None or self.early_stopping_patience > 0,
                f"train.early_stopping_patience must be > 0, got {self.early_stopping_patience}",
                "pass a positive number of evaluations")
+
+
+def _checkpointing_mode(value) -> str:
+    """The checkpointing mode of `value`, reading the former true/false switch as full/none."""
+    if isinstance(value, bool) or value in ("true", "false"):
+        return "full" if value in (True, "true") else "none"
+    _check(value in CHECKPOINTING, f"train.activation_checkpointing must be one of {', '.join(CHECKPOINTING)}, "
+           f"got {value!r}", "pass --train.activation_checkpointing full")
+    return value
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -377,3 +398,17 @@ def to_yaml(sections: dict) -> str:
 
 def field_names(cls) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+@dataclass
+class DistillConfig:
+    """Distillation: the weight of the teacher's soft targets against the hard labels, and their temperature."""
+
+    temperature: float = 2.0             # softens both distributions; the soft term is scaled by its square
+    alpha: float = 0.5                   # loss = (1 - alpha) * hard labels + alpha * soft targets
+
+    def __post_init__(self):
+        _check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}",
+               "pass e.g. --distill.temperature 2")
+        _check(0.0 <= self.alpha <= 1.0, f"distill.alpha must be in [0, 1], got {self.alpha}",
+               "pass e.g. --distill.alpha 0.5")

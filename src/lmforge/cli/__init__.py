@@ -20,6 +20,7 @@ from lmforge.cli import parsers
 from lmforge.cli.hints import check_config_paths, option_hint
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.infer.sampling import SamplingParams
+from lmforge.train.plan import describe_plan
 
 # A bare `--data X` / `--model X` names the section's main field (`--data.path X`, `--model.preset X`).
 SECTION_SHORTHANDS = {"pretrain": {"--data": "--data.path", "--model": "--model.preset"},
@@ -118,7 +119,7 @@ def _serve(args, sections) -> None:
               max_num_batched_tokens=args.max_num_batched_tokens, max_prompt_tokens=args.max_prompt_tokens,
               max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
               max_concurrent=args.max_concurrent, request_timeout=args.request_timeout,
-              model_name=args.model_name, dtype=args.dtype, device=args.device)
+              model_name=args.model_name, dtype=args.dtype, device=args.device, max_logprobs=args.max_logprobs)
 
 
 def _demo(args, sections) -> None:
@@ -144,6 +145,36 @@ def _quantize(args, sections) -> None:
           f"{after:,.1f} MB -> {args.out}")
 
 
+def _prune(args, sections) -> None:
+    summary = api.prune(args.run, args.out, method=args.method, sparsity=args.sparsity, importance=args.importance,
+                        recover_steps=args.recover_steps, overwrite=args.overwrite)
+    before, after = summary["before"]["parameters"], summary["after"]["parameters"]
+    recovered = summary.get("recovered")
+    tail = f", {recovered['main_metric']} {recovered['value']:.4f} after {summary['recover_steps']} recovery steps" \
+        if recovered and recovered.get("value") is not None else ""
+    print(f"pruned ({args.method}): {before:,} -> {after:,} parameters "
+          f"({summary['removed_fraction']['block_parameters']:.0%} of the blocks'){tail} -> {args.out}")
+
+
+def _distill(args, sections) -> None:
+    data = sections.data if sections.data.train else None  # without a recipe: the teacher's own data
+    summary = api.distill(args.teacher, args.out, student=args.student, distill=sections.distill, data=data,
+                          train=sections.train, method=sections.method, overwrite=args.overwrite)
+    metric, record = summary.get("main_metric"), summary["distillation"]
+    teacher = f" (teacher {record['teacher_metric']:.4f})" if record.get("teacher_metric") is not None else ""
+    shown = f"{metric} {summary[metric]:.4f}{teacher}, " if summary.get(metric) is not None else ""
+    print(f"distilled: {shown}{record['student_parameters']:,} parameters "
+          f"(teacher {record['teacher_parameters']:,}) -> {args.out}")
+
+
+def _compress(args, sections) -> None:
+    q = args.report
+    report = api.compress_report(q.runs, q.out, data=q.data, seq_len=q.seq_len, repeats=q.repeats,
+                                 overwrite=q.overwrite)
+    print(report["markdown"])
+    print(f"-> {Path(q.out) / 'report.md'}, report.json, report.png")
+
+
 def _export(args, sections) -> None:
     record = api.export(args.run, args.out, format=args.format, overwrite=args.overwrite)
     print(f"exported {record['kind']} graph (ONNX opset {record['opset']}) -> {Path(args.out) / 'model.onnx'}")
@@ -154,10 +185,54 @@ def _presets(args, sections) -> None:
         print(f"{name:14s} {n / 1e6:10.1f}M parameters")
 
 
+def _plan(args, sections) -> None:
+    options = {name: args[name] for name in ("gpus", "gpu", "gpu_memory", "seq_len", "micro_batch",
+                                             "global_batch_tokens", "tokens", "precision", "parallel",
+                                             "activation_checkpointing", "reshard_after_forward", "mfu",
+                                             "peak_tflops")}
+    result = api.plan(args.model, **options)
+    print(json.dumps(result) if args.json else describe_plan(result))
+
+
 def _eval(args, sections) -> None:
+    if args.metric == "harness":
+        _eval_harness(args.harness)
+        return
     q = args.perplexity
     result = api.evaluate_perplexity(q.model, q.data, stride=q.stride, batch_size=q.batch_size, device=q.device)
     print(json.dumps(result))
+
+
+def _eval_harness(h) -> None:
+    results = api.evaluate_harness(h.model, h.tasks, include_path=h.include_path, num_fewshot=h.num_fewshot,
+                                   limit=h.limit, batch_size=h.batch_size, device=h.device)
+    from lm_eval.utils import make_table  # lm-eval's own table (the evaluation above needed lm-eval too)
+
+    print(make_table(results))
+    print(f"wrote {results['results_path']}")
+
+
+def _prompt(args, sections) -> None:
+    p = args.eval
+    shots = [int(k) for k in str(p.shots).split(",") if k.strip()]
+    api.prompt_eval(p.model, data=p.data, train=p.train, template=p.template, shots=shots, seeds=p.seeds,
+                    balanced=p.balanced, limit=p.limit, out=p.out, finetuned=p.finetuned, device=p.device)
+    print((Path(p.out) / "prompt_eval.md").read_text())
+def _explain(args, sections) -> None:
+    if args.get("action") == "eval":
+        e = args.eval
+        report = api.explain_eval(e.model, e.data, methods=e.method, limit=e.limit, fraction=e.fraction,
+                                  steps=e.steps, seed=e.seed, output=e.output, device=e.device)
+        print(json.dumps(report, indent=2))
+        return
+    if not args.model or not args.out:
+        raise ConfigError("explain needs --model and --out", "e.g. lmforge explain --model RUN --text '...' --out DIR")
+    records = api.explain(args.model, text=args.text, input=args.input, method=args.method, target=args.target,
+                          out=args.out, steps=args.steps, overwrite=args.overwrite, device=args.device)
+    for r in records:
+        target = r["target"].get("label", r["target"].get("token"))
+        print(f"{r['method']}: {target!r} p={r['probability']:.4f}  {r['text'][:60]}")
+    print(f"wrote {args.out}: explanations.json, attention.json, viewer.html, plots/")
 
 
 @dataclass(frozen=True)
@@ -180,9 +255,17 @@ VERBS: dict[str, Verb] = {
     "compare": Verb(parsers.compare_parser, _compare, "compare model families at equal training time"),
     "convert": Verb(parsers.convert_parser, _convert, "convert to or from Hugging Face transformers"),
     "quantize": Verb(parsers.quantize_parser, _quantize, "quantize a run's weights (int8, int4) into a new run"),
+    "prune": Verb(parsers.prune_parser, _prune, "prune a run's heads and neurons (or smallest weights) into a new run"),
+    "distill": Verb(parsers.distill_parser, _distill, "train a smaller student from a fine-tuned teacher"),
+    "compress": Verb(parsers.compress_parser, _compress, "compare compressed runs with their original",
+                     parsers.compress_reports),
     "export": Verb(parsers.export_parser, _export, "export a run's model to ONNX for onnxruntime"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
+    "prompt": Verb(parsers.prompt_parser, _prompt, "classify by prompting a decoder", parsers.prompt_commands),
+    "explain": Verb(parsers.explain_parser, _explain, "explain a run's outputs: attributions, attention, viewer",
+                    parsers.explain_actions),
+    "plan": Verb(parsers.plan_parser, _plan, "plan a training run: memory per GPU, throughput, GPU-hours"),
 }
 
 
@@ -190,7 +273,7 @@ def run(argv: list[str]) -> int:
     check_config_paths(argv)
     parser = build_parser()
     ns = parser.parse_args(normalize_argv(argv))
-    sections = parser.instantiate(ns)[ns.verb] if ns.verb in ("pretrain", "finetune") else None
+    sections = parser.instantiate(ns)[ns.verb] if ns.verb in ("pretrain", "finetune", "distill") else None
     VERBS[ns.verb].run(ns[ns.verb], sections)
     return 0
 

@@ -7,8 +7,9 @@ from typing import get_type_hints
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lmforge.compress import METHODS as QUANTIZATION_METHODS
-from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, MethodConfig, ModelSpec,
-                            PrivacyConfig, StartConfig, TaskDataConfig, TrainConfig)
+from lmforge.compress.prune import IMPORTANCE as PRUNE_IMPORTANCE, PRUNE_METHODS
+from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, DistillConfig, MethodConfig,
+                            ModelSpec, PrivacyConfig, StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.infer.sampling import SamplingParams
 from lmforge.runs.compare import DEFAULT_MODELS
 
@@ -79,6 +80,28 @@ def finetune_parser() -> ArgumentParser:
     return p
 
 
+def distill_parser() -> ArgumentParser:
+    p = verb_parser("Distill a fine-tuned classifier or tagger (the teacher) into a smaller student: the student "
+                    "learns from the hard labels and from the teacher's temperature-softened predictions.")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML recipe, e.g. the teacher's (configs/finetune/)")
+    p.add_argument("--teacher", required=True, help="fine-tuned run directory to learn from")
+    p.add_argument("--student", default="half",
+                   help="half (the teacher's every other layer), layer numbers such as 0,2,4, a run directory with "
+                        "the teacher's tokenizer, or a preset name (a fresh model)")
+    p.add_argument("--task", default=None, help="ignored: the teacher's task (accepted so recipes can be reused)")
+    p.add_class_arguments(DistillConfig, "distill")
+    p.add_class_arguments(TaskDataConfig, "data")
+    p.add_class_arguments(StartConfig, "model")
+    p.add_class_arguments(MethodConfig, "method")
+    p.add_class_arguments(TrainConfig, "train")
+    p.add_class_arguments(BalanceConfig, "balance")
+    p.add_class_arguments(AugmentConfig, "augment")
+    p.add_class_arguments(DecodeConfig, "decode")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return p
+
+
 def predict_parser() -> ArgumentParser:
     p = verb_parser("Apply a fine-tuned run to examples; writes one JSON object per example, in input order.")
     p.add_argument("--model", required=True, help="run directory written by `lmforge finetune`")
@@ -142,6 +165,8 @@ def serve_parser() -> ArgumentParser:
     p.add_argument("--max_body_bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
     p.add_argument("--max_concurrent", type=int, default=64, help="requests in progress at once (429 beyond)")
     p.add_argument("--request_timeout", type=float, default=300.0, help="seconds per request (504 beyond)")
+    p.add_argument("--max_logprobs", type=int, default=20,
+                   help="most alternatives per scored token a request may ask for (logprobs, top_logprobs)")
     p.add_argument("--model_name", type=str | None, default=None,
                    help="model id clients pass (default: the run directory's name)")
     p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -201,6 +226,25 @@ def quantize_parser() -> ArgumentParser:
     return p
 
 
+def prune_parser() -> ArgumentParser:
+    p = verb_parser("Prune a run into a new run directory: structured pruning removes attention heads and MLP "
+                    "neurons (smaller tensors, a smaller and faster model); magnitude pruning zeroes the smallest "
+                    "weights (for comparison: no faster on dense kernels).")
+    p.add_argument("run", help="run directory to prune (a fine-tuned or pretrained BERT, GPT or Llama run)")
+    p.add_argument("--method", default="structured", choices=list(PRUNE_METHODS), help="pruning method")
+    p.add_argument("--sparsity", type=float, default=0.3,
+                   help="fraction of each layer's heads and MLP neurons (structured) or of the blocks' weights "
+                        "(magnitude) to remove, between 0 and 1")
+    p.add_argument("--importance", default="magnitude", choices=list(PRUNE_IMPORTANCE),
+                   help="structured: rank units by their weights' magnitude, or by a first-order (Taylor) estimate "
+                        "of the loss change on the run's training data (fine-tuned runs)")
+    p.add_argument("--recover_steps", type=int, default=0,
+                   help="fine-tune the pruned model this many steps on the run's own recipe (fine-tuned runs)")
+    p.add_argument("--out", required=True, help="run directory to create; written whole or not at all")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return p
+
+
 def export_parser() -> ArgumentParser:
     p = verb_parser("Export a run's model to ONNX, to run in onnxruntime.")
     p.add_argument("run", help="run directory to export: a fine-tuned encoder classifier, or a GPT/Llama language "
@@ -210,6 +254,23 @@ def export_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, help="folder to create; written whole or not at all")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
+
+
+def compress_parser() -> ArgumentParser:
+    return verb_parser("Reports on compressed runs.")
+
+
+def compress_reports(p: ArgumentParser) -> None:
+    kinds = p.add_subcommands(dest="report_kind", required=True)
+    q = verb_parser("Compressed variants beside their original: size, parameters, CPU latency at batch 1 and 8, "
+                    "throughput, and quality (task metric, or perplexity) with agreement against the original.")
+    q.add_argument("runs", nargs="+", help="the original run directory first, then its variants")
+    q.add_argument("--out", required=True, help="folder for report.md, report.json and report.png")
+    q.add_argument("--data", default=None, help="language models: a text file to score")
+    q.add_argument("--seq_len", type=int, default=128, help="tokens per sequence in the latency runs")
+    q.add_argument("--repeats", type=int, default=20, help="timed calls per figure (the median is reported)")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    kinds.add_subcommand("report", q, help="size, latency and quality of compressed runs")
 
 
 def eval_parser() -> ArgumentParser:
@@ -226,3 +287,104 @@ def eval_metrics(p: ArgumentParser) -> None:
     q.add_argument("--batch_size", type=int, default=8)
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     kinds.add_subcommand("perplexity", q, help="perplexity / bits per byte")
+    kinds.add_subcommand("harness", harness_parser(), help="lm-evaluation-harness tasks, in process")
+
+
+def prompt_parser() -> ArgumentParser:
+    return verb_parser("Classify by prompting a decoder: templates, few-shot exemplars, calibration.")
+
+
+def prompt_commands(p: ArgumentParser) -> None:
+    commands = p.add_subcommands(dest="command", required=True)
+    e = verb_parser("Accuracy of label-likelihood classification per number of shots, mean ± std over exemplar "
+                    "draws, with and without contextual calibration; writes OUT/prompt_eval.json and .md.")
+    e.add_argument("--model", required=True, help="run directory of a decoder model")
+    e.add_argument("--data", required=True, help="validation file of a classification task (e.g. label_text)")
+    e.add_argument("--train", required=True, help="training file the exemplars are drawn from")
+    e.add_argument("--template", required=True, help="YAML template file, or a built-in TASK/PATTERN such as "
+                                                     "sst2/cloze, sst2/instruction, sst2/qa, trec/cloze")
+    e.add_argument("--shots", default="0,1,4,8", help="comma-separated numbers of exemplars")
+    e.add_argument("--seeds", type=int, default=5, help="exemplar draws per number of shots")
+    e.add_argument("--balanced", action="store_true", help="draw exemplars evenly over the labels")
+    e.add_argument("--limit", type=int | None, default=None, help="score only the first N validation examples")
+    e.add_argument("--finetuned", type=str | None, default=None, help="a fine-tuned run to show beside")
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
+    e.add_argument("--out", required=True, help="folder for prompt_eval.json and prompt_eval.md")
+    commands.add_subcommand("eval", e, help="prompted accuracy over shots and seeds")
+
+
+def harness_parser() -> ArgumentParser:
+    h = verb_parser("lm-evaluation-harness tasks on a run's decoder, in process; writes lm-eval's results JSON "
+                    "into RUN/lm_eval/.")
+    h.add_argument("--model", required=True, help="run directory of a decoder (GPT-family) model")
+    h.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    h.add_argument("--include_path", type=str | None, default=None, help="folder of extra task YAMLs")
+    h.add_argument("--num_fewshot", type=int | None, default=None, help="examples in each prompt (default: the "
+                                                                          "task's own)")
+    h.add_argument("--limit", type=float | None, default=None,
+                   help="examples per task: a count, or a fraction below 1")
+    h.add_argument("--batch_size", type=int, default=16)
+    h.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
+    return h
+
+
+def explain_parser() -> ArgumentParser:
+    p = verb_parser("Explain a run's output for a text: token attributions (attention, rollout, integrated gradients, "
+                    "gradient x input) or the logit lens, written as JSON, PNG heatmaps, an HTML viewer and a bertviz "
+                    "export. `lmforge explain eval` scores how faithful the attributions are on a dataset.")
+    p.add_argument("--model", default=None, help="run directory: a fine-tuned classifier or tagger, or a language model")
+    p.add_argument("--text", default=None, help="the text to explain")
+    p.add_argument("--input", default=None, help="a file of texts to explain, one per line")
+    p.add_argument("--method", default="attention", choices=["attention", "rollout", "ig", "saliency", "logit-lens"])
+    p.add_argument("--target", default=None,
+                   help="classifier: a LABEL (default: the predicted one); tagger: TAG or TAG@WORD_INDEX; language "
+                        "model: the next TOKEN (default: the most probable)")
+    p.add_argument("--steps", type=int | None, default=None,
+                   help="integrated-gradients steps (default: 32, 64, ... until the completeness error is <= 1%)")
+    p.add_argument("--out", default=None, help="folder to write (whole or not at all)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
+    return p
+
+
+def explain_actions(p: ArgumentParser) -> None:
+    actions = p.add_subcommands(dest="action", required=False)
+    e = verb_parser("ERASER comprehensiveness and sufficiency of the top-k% tokens by each method against random "
+                    "tokens, integrated gradients' completeness error, and rank correlation between methods, over a "
+                    "classifier's labelled data.")
+    e.add_argument("--model", required=True, help="run directory of a fine-tuned classifier")
+    e.add_argument("--data", required=True, help="labelled file in the run's format (e.g. a validation split)")
+    e.add_argument("--method", default="ig,rollout,attention", help="comma-separated: ig, rollout, attention")
+    e.add_argument("--limit", type=int | None, default=None, help="the first N examples only")
+    e.add_argument("--fraction", type=float, default=0.2, help="share of the tokens deleted or kept (k)")
+    e.add_argument("--steps", type=int | None, default=None, help="integrated-gradients steps (default: adaptive)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random-token comparison")
+    e.add_argument("--output", default=None, help="JSON file for the report and every example's figures")
+    e.add_argument("--device", default="cpu")
+    actions.add_subcommand("eval", e, help="faithfulness of the attributions on a dataset")
+
+
+def plan_parser() -> ArgumentParser:
+    p = verb_parser("Plan a pretraining run before starting it: memory per GPU, the largest micro-batch that fits, "
+                    "throughput and GPU-hours, from a decoder preset's shape.")
+    p.add_argument("--model", required=True, help="GPT or Llama preset (see `lmforge presets`)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs (ranks) in the run")
+    p.add_argument("--gpu", default="h100", choices=["h100", "h200", "a100", "cpu"],
+                   help="accelerator: its memory and peak TFLOPS (cpu: pass --gpu_memory; no throughput)")
+    p.add_argument("--gpu_memory", type=float | None, default=None, help="GB per GPU (default: the accelerator's)")
+    p.add_argument("--seq_len", type=int | None, default=None, help="tokens per sequence (default: the context)")
+    p.add_argument("--micro_batch", type=int, default=1, help="sequences per GPU per forward pass")
+    p.add_argument("--global_batch_tokens", type=int | None, default=None,
+                   help="tokens per optimizer step over all GPUs (default: one micro-batch per GPU)")
+    p.add_argument("--tokens", type=float | None, default=None,
+                   help="training tokens in total (default: 20 per parameter)")
+    p.add_argument("--precision", default=None, choices=[None, "bf16", "fp32"],
+                   help="default: bf16 on GPUs, fp32 on CPU")
+    p.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp"])
+    p.add_argument("--activation_checkpointing", default="none", choices=["none", "full", "selective"])
+    p.add_argument("--reshard_after_forward", type=bool, default=True, help="FSDP: free gathered blocks after forward")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to expect")
+    p.add_argument("--peak_tflops", type=float | None, default=None,
+                   help="peak TFLOPS per device (default: the accelerator's dense bf16 / fp32 peak)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    return p

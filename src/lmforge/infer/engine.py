@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -35,6 +35,7 @@ from lmforge.infer.kv_cache import SlotKVCache
 from lmforge.infer.runner import ModelRunner
 from lmforge.infer.sampling import SamplingParams
 from lmforge.infer.scheduler import Request, RequestError, Scheduler
+from lmforge.infer.scoring import TokenLogprob
 
 FINISH_REASONS = ("eos", "stop", "length", "abort")
 
@@ -47,7 +48,9 @@ class RequestOutput:
     that became final this step: text that might be the start of a stop string, or a character
     still missing bytes, is held back until it is settled, and text from a stop string on is
     never sent. When a stop string ends a request, its final token count excludes the tokens
-    that only formed the stop string, as in `generate`.
+    that only formed the stop string, as in `generate`. When the request asked for log-probabilities,
+    `new_logprobs` holds the score of the token sampled this step, even an end-of-text token (which
+    `new_token_ids` leaves out, as the reply does).
     """
 
     request_id: str
@@ -57,6 +60,7 @@ class RequestOutput:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    new_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -134,15 +138,17 @@ class Engine:
 
     # ------------------------------------------------------------ requests
     def add_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
-                    request_id: str | None = None, *, callback: OutputCallback | None = None) -> str:
+                    request_id: str | None = None, *, callback: OutputCallback | None = None,
+                    logprobs: int | None = None) -> str:
         """Queue a prompt (text, or token ids) for completion; returns its request id.
 
         Raises `RequestError` (a `ConfigError`) for a request that could never run. `callback`
-        receives every `RequestOutput` of this request as it is produced.
+        receives every `RequestOutput` of this request as it is produced. `logprobs` k (0 or more)
+        scores every generated token under the model's distribution, with its k most likely alternatives.
         """
-        return self._add(prompt, params, request_id, callback).request_id
+        return self._add(prompt, params, request_id, callback, logprobs).request_id
 
-    def _add(self, prompt, params, request_id, callback) -> Request:
+    def _add(self, prompt, params, request_id, callback, logprobs: int | None = None) -> Request:
         params = params if params is not None else SamplingParams()
         if isinstance(prompt, str):
             if self.tokenizer is None:
@@ -161,7 +167,10 @@ class Engine:
         if params.seed is not None:
             gen = torch.Generator(device=self.cache.device)
             gen.manual_seed(params.seed)
-        req = Request(rid, ids, params, self.scheduler.next_arrival(), generator=gen, callback=callback)
+        if logprobs is not None and not 0 <= logprobs <= self.vocab_size:
+            raise RequestError(f"logprobs must be in [0, {self.vocab_size}], got {logprobs}", "pass e.g. 5")
+        req = Request(rid, ids, params, self.scheduler.next_arrival(), generator=gen, callback=callback,
+                      logprobs=logprobs)
         self.scheduler.add(req)
         return req
 
@@ -213,7 +222,11 @@ class Engine:
             self._generation_tokens += 1
             if req.first_token_time is None:
                 req.first_token_time = now
-            produced.append((req, self._update(req, tok)))
+            out = self._update(req, tok)
+            score = self.runner.logprobs.get(req.request_id)
+            if score is not None:
+                out.new_logprobs = [score]
+            produced.append((req, out))
         self._steps += 1
         self._busy += time.perf_counter() - start
         # Callbacks run once every request is updated, so one that raises or aborts leaves no request half-done.

@@ -11,7 +11,8 @@ one forward pass and the prefills as another. All decodes always run together.
 Each row that reaches its last token gets a next token sampled with its own request's parameters
 and its own seeded generator, so a seeded request draws the same tokens whatever else is batched
 with it. Greedy rows without rules that depend on their history (repetition penalty, no repeated
-n-gram, minimum length) share one batched argmax.
+n-gram, minimum length) share one batched argmax. A request that asks for log-probabilities gets
+its sampled token's score under the model's own distribution (`lmforge.infer.scoring`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch.nn as nn
 from lmforge.infer.kv_cache import SlotKVCache
 from lmforge.infer.sampling import apply_rules, sample_next
 from lmforge.infer.scheduler import ScheduledRequest, SchedulerOutput
+from lmforge.infer.scoring import TokenLogprob, pick_logprobs
 
 
 class ModelRunner:
@@ -33,10 +35,13 @@ class ModelRunner:
         self.pad_id, self.eos_id = pad_id, eos_id  # eos: kept out of replies shorter than min_new_tokens
         self.max_padding_ratio = max_padding_ratio
         self.num_forwards = 0
+        self.logprobs: dict[str, TokenLogprob] = {}  # the last execute's scores, for requests that asked
 
     def execute(self, work: SchedulerOutput) -> dict[str, int]:
         """Compute the scheduled tokens into the cache; return the sampled token of each row that
-        reached its last token, by request id. Request bookkeeping is left to the caller."""
+        reached its last token, by request id, and leave in `self.logprobs` the scores of those whose
+        request asked for them. Request bookkeeping is left to the caller."""
+        self.logprobs = {}
         if not work:
             return {}
         rows: list[ScheduledRequest] = []
@@ -50,8 +55,17 @@ class ModelRunner:
                         logits.append(out[row])
             if not rows:
                 return {}
-            tokens = self._sample([item.request for item in rows], torch.stack(logits))
+            stacked = torch.stack(logits)  # (rows, V)
+            tokens = self._sample([item.request for item in rows], stacked)
+            self._score([item.request for item in rows], stacked, tokens)
         return {item.request.request_id: tok for item, tok in zip(rows, tokens)}
+
+    def _score(self, requests: list, logits: torch.Tensor, tokens: list[int]) -> None:
+        wanted = [i for i, r in enumerate(requests) if r.logprobs is not None]
+        for i in wanted:  # one row at a time: each request names its own number of alternatives
+            [score] = pick_logprobs(logits[i:i + 1], torch.tensor([tokens[i]], device=logits.device),
+                                    requests[i].logprobs)
+            self.logprobs[requests[i].request_id] = score
 
     def _groups(self, items: list[ScheduledRequest]) -> list[list[ScheduledRequest]]:
         real = sum(i.num_tokens for i in items)

@@ -51,6 +51,7 @@ class Request:
     sent_text: str = ""                   # text already streamed
     text: str | None = None               # the final text, once finished
     first_token_time: float | None = None
+    logprobs: int | None = None           # report each sampled token's score with this many alternatives
 
     @property
     def prompt_len(self) -> int:

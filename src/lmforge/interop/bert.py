@@ -61,7 +61,7 @@ def bert_config_from_hf(hf: dict) -> BertConfig:
 
 
 def bert_config_to_hf(cfg: BertConfig) -> dict:
-    check_ours(cfg, "bert", "BertForPreTraining", position="learned")
+    check_ours(cfg, "bert", "BertForPreTraining", position="learned", layer_heads=None, layer_intermediate=None)
     return {"vocab_size": cfg.vocab_size, "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
             "num_attention_heads": cfg.n_head, "intermediate_size": cfg.intermediate_size,
             "hidden_act": "gelu_new" if cfg.mlp == "gelu" else "gelu", "hidden_dropout_prob": cfg.dropout,

@@ -43,7 +43,7 @@ def gpt2_config_from_hf(hf: dict) -> GPTConfig:
 
 def gpt2_config_to_hf(cfg: GPTConfig) -> dict:
     check_ours(cfg, "gpt", "GPT2LMHeadModel", position="learned", norm="layernorm", mlp=("gelu", "gelu_exact"),
-               bias=True, n_kv_head=cfg.n_head)
+               bias=True, n_kv_head=cfg.n_head, layer_intermediate=None)
     return {"vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_ctx": cfg.block_size,
             "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "n_inner": cfg.intermediate_size,
             "activation_function": "gelu_new" if cfg.mlp == "gelu" else "gelu", "layer_norm_epsilon": cfg.norm_eps,

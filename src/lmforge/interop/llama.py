@@ -61,7 +61,8 @@ def llama_config_from_hf(hf: dict) -> GPTConfig:
 
 
 def llama_config_to_hf(cfg: GPTConfig) -> dict:
-    check_ours(cfg, "gpt", "LlamaForCausalLM", position="rope", norm="rmsnorm", mlp="swiglu")
+    check_ours(cfg, "gpt", "LlamaForCausalLM", position="rope", norm="rmsnorm", mlp="swiglu",
+               layer_intermediate=None)
     return {"vocab_size": cfg.vocab_size, "hidden_size": cfg.n_embd, "intermediate_size": cfg.intermediate_size,
             "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
             "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,

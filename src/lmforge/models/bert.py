@@ -49,6 +49,9 @@ class BertConfig(ModelConfig):
     dropout: float = 0.1            # on embeddings, attention weights and every residual branch
     pad_token_id: int = 0           # its embedding row starts at zero and is never updated by lookups
     init_std: float = 0.02
+    # Per-layer sizes left by structured pruning (`lmforge prune`); None = n_head / intermediate_size everywhere.
+    layer_heads: list[int] | None = None
+    layer_intermediate: list[int] | None = None
 
     def __post_init__(self):
         if self.intermediate_size is None:
@@ -59,6 +62,7 @@ class BertConfig(ModelConfig):
         self.require_choice("position", POSITIONS)
         self.require_choice("mlp", MLPS)
         self.require_dropout("dropout")
+        self.require_layer_sizes("layer_heads", "layer_intermediate")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"model.pad_token_id ({self.pad_token_id}) is not a token id below model.vocab_size "
                               f"({self.vocab_size})", "pass the tokenizer's [PAD] id")
@@ -105,11 +109,14 @@ class Embeddings(nn.Module):
 class Block(nn.Module):
     """Post-norm encoder block: LayerNorm after each residual sum, as in the original Transformer and BERT."""
 
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: BertConfig, layer: int = 0):
         super().__init__()
-        self.attn = SelfAttention(cfg.n_embd, cfg.n_head, cfg.n_head, bias=True, dropout=cfg.dropout, causal=False)
+        heads = cfg.layer_size("layer_heads", layer, cfg.n_head)
+        self.attn = SelfAttention(cfg.n_embd, heads, heads, bias=True, dropout=cfg.dropout, causal=False,
+                                  head_dim=cfg.head_dim)
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
-        self.mlp = MLP(cfg.n_embd, cfg.intermediate_size, kind=cfg.mlp, bias=True, dropout=cfg.dropout)
+        self.mlp = MLP(cfg.n_embd, cfg.layer_size("layer_intermediate", layer, cfg.intermediate_size), kind=cfg.mlp,
+                       bias=True, dropout=cfg.dropout)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -140,7 +147,7 @@ class Bert(nn.Module):
         super().__init__()
         self.config = cfg
         self.embeddings = Embeddings(cfg)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.mlm_head = MLMHead(cfg, self.embeddings.wte)
         self.pair_head = nn.Linear(cfg.n_embd, 2)

@@ -46,6 +46,8 @@ class GPTConfig(ModelConfig):
     dropout: float = 0.0
     attention_dropout: float | None = None  # on the attention probabilities; None = dropout
     init_std: float = 0.02
+    # Per-layer MLP widths left by structured pruning (`lmforge prune`); None = intermediate_size everywhere.
+    layer_intermediate: list[int] | None = None
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -64,6 +66,7 @@ class GPTConfig(ModelConfig):
         self.require_choice("norm", NORMS)
         self.require_choice("mlp", MLPS)
         self.require_dropout("dropout", "attention_dropout")
+        self.require_layer_sizes("layer_intermediate")
 
     @property
     def head_dim(self) -> int:
@@ -73,13 +76,14 @@ class GPTConfig(ModelConfig):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_1 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.attn = SelfAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, bias=cfg.bias, dropout=cfg.dropout,
                                   attention_dropout=cfg.attention_dropout, causal=True)
         self.ln_2 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
-        self.mlp = MLP(cfg.n_embd, cfg.intermediate_size, kind=cfg.mlp, bias=cfg.bias, dropout=cfg.dropout)
+        self.mlp = MLP(cfg.n_embd, cfg.layer_size("layer_intermediate", layer, cfg.intermediate_size), kind=cfg.mlp,
+                       bias=cfg.bias, dropout=cfg.dropout)
 
     def forward(self, x, *, rope=None, mask=None, kv_cache=None, layer_idx=0):
         x = x + self.attn(self.ln_1(x), rope=rope, mask=mask, kv_cache=kv_cache, layer_idx=layer_idx)
@@ -99,7 +103,7 @@ class GPT(nn.Module):
         elif cfg.position == "sinusoidal":
             self.register_buffer("wpe_table", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

@@ -2,7 +2,7 @@
 
 This package is the only part of lmforge that imports `torch.distributed`; models, data, the
 trainer and inference see a `DistInfo` and the `apply_*` functions, never a process group.
-Order of application (see `lmforge.train.trainer`): activation checkpointing -> compile -> DDP.
+Order of application (see `lmforge.train.trainer`): activation checkpointing -> compile -> DDP or FSDP.
 """
 from lmforge.parallel.distributed import (
                                           DistInfo,
@@ -11,7 +11,10 @@ from lmforge.parallel.distributed import (
                                           init_distributed,
                                           shutdown_distributed,
 )
-from lmforge.parallel.wrappers import apply_activation_checkpointing, apply_compile, apply_ddp, unwrap
+from lmforge.parallel.state import full_state, load_full_state
+from lmforge.parallel.wrappers import (apply_activation_checkpointing, apply_compile, apply_ddp, apply_fsdp,
+                                       clip_grad_norm, is_sharded, skip_gradient_sync, unwrap)
 
 __all__ = ["DistInfo", "all_reduce_sum", "apply_activation_checkpointing", "apply_compile", "apply_ddp",
-           "broadcast_object", "init_distributed", "shutdown_distributed", "unwrap"]
+           "apply_fsdp", "broadcast_object", "clip_grad_norm", "full_state", "init_distributed", "is_sharded",
+           "load_full_state", "shutdown_distributed", "skip_gradient_sync", "unwrap"]

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -29,7 +30,7 @@ from lmforge.parallel import DistInfo
 from lmforge.runs.harness import TrainingJob, run_training
 from lmforge.runs.predict import back_translator
 from lmforge.runs.rundir import check_out
-from lmforge.runs.starts import check_start, load_start, resolve_data_path
+from lmforge.runs.starts import check_start, keep_head_of_start, load_start, resolve_data_path
 from lmforge.tasks import task_class
 from lmforge.tasks.base import Task, TaskSettings
 from lmforge.train.methods import apply_method
@@ -45,10 +46,13 @@ class _Examples:
 def finetune(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | Path,
              method: MethodConfig | None = None, train: TrainConfig | None = None,
              balance: BalanceConfig | None = None, augment: AugmentConfig | None = None,
-             decode: DecodeConfig | None = None, resume: bool = False, privacy: PrivacyConfig | None = None) -> dict:
+             decode: DecodeConfig | None = None, resume: bool = False, privacy: PrivacyConfig | None = None,
+             wrap_objective: Callable[[Task], object] | None = None) -> dict:
     """Fine-tune `model` for `task` on `data` into the run directory `out`; returns the summary with the
     final validation metrics (see the module docstring). `privacy` with an epsilon or a noise multiplier
-    trains with DP-SGD (see lmforge.train.privacy); the summary then holds the epsilon spent."""
+    trains with DP-SGD (see lmforge.train.privacy); the summary then holds the epsilon spent.
+    `wrap_objective(task)` gives the objective to train on instead of the task's own (distillation wraps it
+    with a teacher's soft targets)."""
     cls = task_class(task)
     method, train = method or MethodConfig(), train or TrainConfig()
     settings = TaskSettings(data=data, balance=balance or BalanceConfig(), augment=augment or AugmentConfig(),
@@ -59,7 +63,7 @@ def finetune(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | 
     check_out(out)
     check_start(model, cls)
     t0 = time.perf_counter()
-    state: dict = {}
+    state: dict = {"wrap_objective": wrap_objective}
 
     def build(dist: DistInfo, run_dir: Path) -> TrainingJob:
         job = _build_job(cls, settings, model, train, paths, dist, state)
@@ -129,6 +133,8 @@ def _build_job(cls: type[Task], settings: TaskSettings, start: StartConfig, trai
     net = TaskModel(TaskModelConfig(task=cls.name, head=cls.head, backbone=backbone.config.to_dict(),
                                     labels=task.labels, classifier_dropout=start.classifier_dropout,
                                     extra=dict(task.extra)), backbone=backbone)
+    if keep_head_of_start(start, net):
+        source += f", its {cls.name} head kept"
     sizes = apply_method(net, method)
     net.config.extra = {**net.config.extra, **task.extra}
     train_features, valid_features = task.encode_all(examples.train), task.encode_all(examples.valid)
@@ -141,7 +147,9 @@ def _build_job(cls: type[Task], settings: TaskSettings, start: StartConfig, trai
                  source=source, loader=loader, last_eval={})
     recipe = {"task": cls.name, "data": data, "model": start, "method": method, "train": train,
               "balance": settings.balance, "augment": settings.augment, "decode": settings.decode}
-    job = TrainingJob(model=net, objective=task, loader=loader, evaluate=lambda m: None, recipe=recipe,
+    wrap = state.get("wrap_objective")
+    job = TrainingJob(model=net, objective=wrap(task) if wrap else task, loader=loader, evaluate=lambda m: None,
+                      recipe=recipe,
                       save_tokenizer=lambda d: tokenizer.save(d / "tokenizer.json"))
     job.evaluate = lambda m: _evaluate(m, job, state)
     return job

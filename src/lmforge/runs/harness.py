@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from lmforge.atomic import RunDirectory, write_json_atomic, write_text_atomic
 from lmforge.config import PrivacyConfig, TrainConfig, to_yaml
+from lmforge.errors import ConfigError
 from lmforge.parallel import DistInfo, broadcast_object, init_distributed, shutdown_distributed
 from lmforge.runs.rundir import check_run_dir
 from lmforge.train.trainer import Trainer, plot_losses
@@ -69,6 +70,9 @@ def run_training(out: str | Path, train: TrainConfig, *, resume: bool,
 def _fit(job: TrainingJob, train: TrainConfig, run_dir: Path, dist: DistInfo, run: RunDirectory,
          resume: bool) -> dict:
     if job.fit is not None:
+        if train.parallel == "fsdp":
+            raise ConfigError("a model fitted by counting (n-gram) has no weights for FSDP to shard",
+                              "drop --train.parallel fsdp for this model")
         run.started()
         return job.fit()
     job.trainer = Trainer(job.model, job.loader, train, run_dir, dist=dist, objective=job.objective,

@@ -36,8 +36,10 @@ def quantize_run(run_dir: str | Path, out: str | Path, *, method: str = "int8", 
     """Write a `method`-quantized copy of the run in `run_dir` to `out`; returns its summary. int4 only:
     `group_size` (default 128) and `calibration`, a text file for activation-aware rounding."""
     started = time.perf_counter()
-    run_dir = _check_source(Path(run_dir), method)
-    out = _check_destination(run_dir, check_out(out), overwrite)
+    if method not in METHODS:
+        raise ConfigError(f"unknown quantization method {method!r}", f"choose --method {' or '.join(METHODS)}")
+    run_dir = check_plain_run(Path(run_dir), "quantize")
+    out = check_derived_out(run_dir, Path(out), overwrite)
     if (group_size is not None or calibration is not None) and not METHODS[method].grouped:
         raise ConfigError(f"--group_size and --calibration do not apply to --method {method}",
                           "use them with --method int4, or leave them out")
@@ -46,12 +48,12 @@ def quantize_run(run_dir: str | Path, out: str | Path, *, method: str = "int8", 
     if is_task_model(model) and model.config.lora:  # the adapters go into the weights before those are rounded
         model.backbone = model.plain_backbone()
         model.config.lora = None
-    before = _weight_bytes(model)
+    before = weight_bytes(model)
     windows = _calibration_windows(model, run_dir, text) if text is not None else None
     record = apply_quantization(model, method, group_size=group_size, calibration=windows)
     summary = {"source": str(run_dir), "quantization": {k: v for k, v in record.items() if k != "modules"},
                "quantized_layers": len(record["modules"]), "weight_bytes_before": before,
-               "weight_bytes_after": _weight_bytes(model)}
+               "weight_bytes_after": weight_bytes(model)}
     with atomic_directory(out) as tmp:
         for name in COPIED_FILES:
             if (run_dir / name).is_file():
@@ -62,9 +64,8 @@ def quantize_run(run_dir: str | Path, out: str | Path, *, method: str = "int8", 
     return summary
 
 
-def _check_source(run_dir: Path, method: str) -> Path:
-    if method not in METHODS:
-        raise ConfigError(f"unknown quantization method {method!r}", f"choose --method {' or '.join(METHODS)}")
+def check_plain_run(run_dir: Path, verb: str) -> Path:
+    """`run_dir` is an lmforge run whose weights are not quantized (what `verb` needs to start from)."""
     if not run_dir.is_dir() or not (run_dir / "model.safetensors").is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no model.safetensors)",
                               "pass the --out directory of a training run")
@@ -75,11 +76,13 @@ def _check_source(run_dir: Path, method: str) -> Path:
     done = quantization_of(raw)
     if done:
         raise ConfigError(f"{run_dir} is already quantized ({done.get('method')})",
-                          "quantize the unquantized run it was made from")
+                          f"{verb} the unquantized run it was made from")
     return run_dir
 
 
-def _check_destination(run_dir: Path, out: Path, overwrite: bool) -> Path:
+def check_derived_out(run_dir: Path, out: Path, overwrite: bool) -> Path:
+    """`out` may receive a run derived from `run_dir`: not the run itself, and empty unless `overwrite`."""
+    out = check_out(out)
     if out.exists() and (out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents):
         raise ConfigError(f"--out {out} would replace the run {run_dir}", "choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -88,7 +91,7 @@ def _check_destination(run_dir: Path, out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _weight_bytes(model: nn.Module) -> int:
+def weight_bytes(model: nn.Module) -> int:
     """Bytes of the tensors `save_model` writes (tied ones once)."""
     return sum(t.numel() * t.element_size() for t in weights_for_saving(model).values())
 

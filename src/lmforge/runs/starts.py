@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from lmforge.config import StartConfig, TaskDataConfig
 from lmforge.data.tokenizers import Tokenizer, train_tokenizer
@@ -13,7 +14,7 @@ from lmforge.data.vocabulary import add_characters, unknown_characters
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.models.registry import build_model, preset_config, resize_vocabulary, traits_of, with_dropout
 from lmforge.models.warm_start import encoder_decoder_from_encoder
-from lmforge.runs.rundir import load_pretrained, resolve_model_path
+from lmforge.runs.rundir import load_pretrained, read_model_config, resolve_model_path
 from lmforge.tasks.base import Task
 
 
@@ -116,3 +117,23 @@ def _fresh_model(start: StartConfig, task_cls: type[Task], texts: list[str], con
     cfg = preset_config(start.init, vocab_size=tokenizer.vocab_size, block_size=start.block_size or context,
                         **overrides, **ids)
     return build_model(cfg).train(), tokenizer, f"fresh {start.init} (tokenizer: {kind} {tokenizer.vocab_size})"
+
+
+def keep_head_of_start(start: StartConfig, net: nn.Module) -> bool:
+    """When fine-tuning starts from a run fine-tuned for the same task, head and labels (a pruned or
+    distilled run recovering, or more training), load that run's head too, not only its backbone.
+    The backbone came from `load_start`; the head weights are read here. Returns whether it did."""
+    path = resolve_model_path(start.init)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        return False
+    raw = read_model_config(path)
+    ours = net.config
+    if raw.get("family") != "task" or (raw.get("task"), raw.get("head"), raw.get("labels")) != (
+            ours.task, ours.head, ours.labels):
+        return False
+    head = {k: v for k, v in load_file(str(path / "model.safetensors")).items() if not k.startswith("backbone.")}
+    expected = {k for k in net.state_dict() if not k.startswith("backbone.")}
+    if set(head) != expected or any(head[k].shape != net.state_dict()[k].shape for k in head):
+        return False  # a head of another shape (a LoRA run's extra parts, say): start it fresh as before
+    net.load_state_dict(head, strict=False)
+    return True

@@ -5,12 +5,13 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Endpoints: `POST /v1/completions` and `POST /v1/chat/completions` (with `"stream": true` as
-server-sent events ending in `data: [DONE]`), `GET /v1/models`, one route per loaded task model
+server-sent events ending in `data: [DONE]`; `echo` and `logprobs` score tokens), `POST /tokenize`,
+`POST /detokenize` and `GET /tokenizer_info` (the model's tokenizer), `GET /v1/models`, one route per loaded task model
 (`/v1/classify`, `/v1/ner`, `/v1/qa`, `/v1/translate`, `/v1/summarize`), `GET /health`,
 `GET /metrics` (Prometheus text format) and the web playground at `/`.
 
 Every generation request goes to the engine, which one background thread drives; task models
-run in worker threads. API keys (when given) guard every `/v1/` route; `/`, `/health` and
+run in worker threads. API keys (when given) guard every `/v1/` route and the tokenizer routes; `/`, `/health` and
 `/metrics` stay open so probes and scrapers need no key. Every error is OpenAI's error JSON
 `{"error": {"message", "type", "param", "code"}}` with a 4xx/5xx status.
 """
@@ -32,6 +33,7 @@ from lmforge.serve.routes.chat import add_chat_routes
 from lmforge.serve.routes.completions import add_completion_routes
 from lmforge.serve.routes.info import add_model_routes, add_status_routes
 from lmforge.serve.routes.tasks import add_task_routes
+from lmforge.serve.routes.tokenize import add_tokenizer_routes
 from lmforge.serve.state import ServerState
 from lmforge.serve.task_endpoints import load_task_endpoints
 
@@ -53,6 +55,7 @@ def create_app(config: ServeConfig | str | Path, **settings) -> FastAPI:
     install_error_handlers(app)
     add_completion_routes(app, state, tokenizer)
     add_chat_routes(app, state, tokenizer)
+    add_tokenizer_routes(app, state, tokenizer)
     add_task_routes(app, state)
     add_model_routes(app, state)
     add_status_routes(app, state)

@@ -26,6 +26,7 @@ class Limits:
     max_body_bytes: int
     max_concurrent: int
     request_timeout: float | None
+    max_logprobs: int = 20
 
 
 @dataclass
@@ -37,7 +38,7 @@ class ServeConfig:
     guard every `/v1/` route. Limits: prompts of at most `max_prompt_tokens` tokens (default: the
     context length less one), `max_tokens` at most `max_tokens_limit`, bodies of at most
     `max_body_bytes`, at most `max_concurrent` requests in progress (429 beyond), `request_timeout`
-    seconds per request (504). The engine runs `max_slots` requests at once, with weights and KV
+    seconds per request (504), at most `max_logprobs` alternatives per scored token. The engine runs `max_slots` requests at once, with weights and KV
     cache in `dtype` (float32 or bfloat16) on `device`. `model_name` is the id clients ask for
     (default: the run directory's name).
     """
@@ -53,6 +54,7 @@ class ServeConfig:
     request_timeout: float | None = 300.0
     max_num_batched_tokens: int | None = None
     model_name: str | None = None
+    max_logprobs: int = 20
     device: str = "cpu"
     dtype: str = "float32"
     served_name: str = field(init=False)
@@ -68,6 +70,8 @@ class ServeConfig:
                             ("max_concurrent", self.max_concurrent)):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}", f"pass a positive --{name}")
+        if self.max_logprobs < 0:
+            raise ConfigError(f"max_logprobs must be >= 0, got {self.max_logprobs}", "pass e.g. --max_logprobs 20")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise ConfigError(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}", "pass a positive value")
         if self.dtype not in DTYPES:
@@ -93,4 +97,5 @@ class ServeConfig:
         longest = context_len - 1
         return Limits(max_prompt_tokens=min(self.max_prompt_tokens or longest, longest),
                       max_tokens_limit=min(self.max_tokens_limit, longest), max_body_bytes=self.max_body_bytes,
-                      max_concurrent=self.max_concurrent, request_timeout=self.request_timeout)
+                      max_concurrent=self.max_concurrent, request_timeout=self.request_timeout,
+                      max_logprobs=self.max_logprobs)

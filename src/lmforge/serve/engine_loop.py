@@ -2,7 +2,9 @@
 
 An engine may be driven by one thread only, so handlers never touch it: `submit` and `abort`
 put commands on a queue that the engine thread drains between steps, and the thread sleeps on
-that queue whenever no request is unfinished. Outputs come back through the engine's
+that queue whenever no request is unfinished. Other work on the model (scoring a prompt's tokens)
+is handed to the same thread with `call`, so one thread alone ever runs the model. Outputs come
+back through the engine's
 per-request callbacks, which hand them to the submitting handler's asyncio queue with
 `loop.call_soon_threadsafe`, so a handler simply awaits its queue. Statistics are copied after
 every step, so readers in other threads never look at the engine mid-step.
@@ -79,8 +81,10 @@ class EngineLoop:
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------ called from the event loop
-    def submit(self, items: Sequence[tuple[list[int], SamplingParams]], request_id: str) -> Submission:
+    def submit(self, items: Sequence[tuple[list[int], SamplingParams]], request_id: str, *,
+               logprobs: int | None = None) -> Submission:
         """Queue one engine request per (prompt ids, params); must be called from a running event loop.
+        `logprobs` (when not None) asks for every generated token's score with that many alternatives.
 
         The thread starts on first use if nobody started it (an app run without its lifespan events)."""
         if self._thread is None and not self._stopped and self.error is None:
@@ -97,8 +101,26 @@ class EngineLoop:
         with self._lock:
             self._queued_adds += len(items)
         for i, (prompt, params) in enumerate(items):
-            self._commands.put(("add", ids[i], i, list(prompt), params, push))
+            self._commands.put(("add", ids[i], i, list(prompt), params, logprobs, push))
         return Submission(ids, out)
+
+    async def call(self, fn: Callable[[], object]):
+        """Run `fn()` in the engine thread between two steps and return its result (or raise its exception)."""
+        if self._thread is None and not self._stopped and self.error is None:
+            self.start()
+        if not self.alive:
+            raise EngineStopped("the generation engine is not running")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def push(item) -> None:  # engine thread: delivered by the next `_flush`
+            self._outbox.append((loop, done, item))
+
+        self._commands.put(("call", fn, push))
+        result = await done
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def abort(self, request_ids: Sequence[str]) -> None:
         self._commands.put(("abort", list(request_ids)))
@@ -165,7 +187,14 @@ class EngineLoop:
                 self._failers.pop(rid, None)
                 self.engine.abort(rid)
             return
-        _, rid, index, prompt, params, push = cmd
+        if cmd[0] == "call":
+            _, fn, push = cmd
+            try:
+                push(fn())
+            except Exception as e:
+                push(e)
+            return
+        _, rid, index, prompt, params, logprobs, push = cmd
         with self._lock:
             self._queued_adds -= 1
 
@@ -175,7 +204,7 @@ class EngineLoop:
             push((index, out))
 
         try:
-            self.engine.add_request(prompt, params, rid, callback=callback)
+            self.engine.add_request(prompt, params, rid, callback=callback, logprobs=logprobs)
         except Exception as e:
             push((index, e))
             return
@@ -216,6 +245,10 @@ class EngineLoop:
                 self._rate.popleft()
 
 
-def _put_all(items: list[tuple[asyncio.Queue, object]]) -> None:
+def _put_all(items: list[tuple[asyncio.Queue | asyncio.Future, object]]) -> None:
     for out, item in items:
-        out.put_nowait(item)
+        if isinstance(out, asyncio.Future):
+            if not out.done():  # its caller may have been cancelled meanwhile
+                out.set_result(item)
+        else:
+            out.put_nowait(item)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 from fastapi import Request
@@ -15,6 +16,8 @@ from lmforge.infer.engine import RequestOutput
 from lmforge.infer.sampling import SamplingParams
 from lmforge.serve.engine_loop import EngineStopped, Submission
 from lmforge.serve.errors import APIError, timeout_error
+from lmforge.serve.logprobs import chat_logprobs, completion_logprobs
+from lmforge.serve.prompt_scores import Echo, echoes
 from lmforge.serve.state import ServerState
 from lmforge.serve.streaming import DONE, SSEResponse, sse, sse_error
 
@@ -39,12 +42,25 @@ def engine_error(exc: BaseException) -> APIError:
     return APIError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error", code="internal_error")
 
 
+@dataclass
+class Scoring:
+    """What a request asked beyond text: each token's score with `logprobs` alternatives (None: no scores), and
+    with `echo_texts` (the prompts as given, one per prompt) the prompts put before their completions."""
+
+    tokenizer: object
+    logprobs: int | None = None
+    echo_texts: list[str | list[int]] | None = None
+    echo: list[Echo] | None = None  # one per engine request, filled in by `run_generation`
+
+
 class Generation:
     """The engine requests behind one HTTP request (one per prompt and sample) and their outputs."""
 
     def __init__(self, state: ServerState, request: Request, kind: str, prompts: list[list[int]],
-                 params: list[SamplingParams], *, samples_per_prompt: int, strip_leading: bool):
+                 params: list[SamplingParams], *, samples_per_prompt: int, strip_leading: bool,
+                 scoring: Scoring | None = None):
         self.state, self.request, self.kind = state, request, kind
+        self.scoring = scoring
         self.prompts, self.params = prompts, params
         self.samples_per_prompt = samples_per_prompt
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
@@ -57,13 +73,16 @@ class Generation:
         self.finish: list[str | None] = [None] * n
         self.prompt_tokens = [len(p) for p in prompts]
         self.completion_tokens = [0] * n
+        self.scores: list[list] = [[] for _ in range(n)]  # one per sampled token, when scores were asked for
+        self.ended_on_eos = [False] * n
         self.first_token_at: float | None = None
         self.sub: Submission | None = None
         self._closed = False
 
     def submit(self) -> None:
         try:
-            self.sub = self.state.loop.submit(list(zip(self.prompts, self.params)), self.id)
+            logprobs = self.scoring.logprobs if self.scoring is not None else None
+            self.sub = self.state.loop.submit(list(zip(self.prompts, self.params)), self.id, logprobs=logprobs)
         except EngineStopped as e:
             raise engine_unavailable(e) from None
 
@@ -98,6 +117,9 @@ class Generation:
             delta = delta.lstrip()
             self.started[index] = bool(delta)
         self.text[index] += delta
+        self.scores[index] += out.new_logprobs
+        if out.finish_reason == "eos":
+            self.ended_on_eos[index] = True
         self.completion_tokens[index] = out.completion_tokens
         self.prompt_tokens[index] = out.prompt_tokens
         if out.finished:
@@ -144,12 +166,30 @@ class Generation:
         base = {"id": self.id, "created": self.created, "model": self.state.model_name}
         if self.kind == "chat":
             choices = [{"index": i, "message": {"role": "assistant", "content": t, "refusal": None},
-                        "logprobs": None, "finish_reason": f} for i, (t, f) in enumerate(zip(self.text, self.finish))]
+                        "logprobs": self._logprobs(i), "finish_reason": f}
+                       for i, (t, f) in enumerate(zip(self.text, self.finish))]
             return {**base, "object": "chat.completion", "system_fingerprint": None, "choices": choices,
                     "usage": self.usage()}
-        choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": f}
-                   for i, (t, f) in enumerate(zip(self.text, self.finish))]
+        echo = self.scoring.echo if self.scoring is not None else None
+        choices = [{"index": i, "text": (echo[i].text if echo else "") + t, "logprobs": self._logprobs(i),
+                    "finish_reason": f} for i, (t, f) in enumerate(zip(self.text, self.finish))]
         return {**base, "object": "text_completion", "choices": choices, "usage": self.usage()}
+
+    def _logprobs(self, index: int) -> dict | None:
+        """Choice `index`'s scores in OpenAI's shape, over the tokens of its final reply (and its echoed prompt)."""
+        sc = self.scoring
+        if sc is None or sc.logprobs is None:
+            return None
+        # A stop string cuts the reply: scores past it are dropped. An end-of-text token stays scored, as
+        # clients that score a prompt by asking for one more token (lm-evaluation-harness) drop the last score.
+        n = self.completion_tokens[index]
+        if self.kind == "chat":
+            return chat_logprobs(sc.tokenizer, self.scores[index][:n])
+        scores = self.scores[index][:n + self.ended_on_eos[index]]
+        ids = [s.token_id for s in scores]
+        if sc.echo:
+            ids, scores = sc.echo[index].ids + ids, sc.echo[index].scores + scores
+        return completion_logprobs(sc.tokenizer, ids, scores)
 
 
 async def stream_events(gen: Generation, first: tuple[int, RequestOutput], include_usage: bool) -> AsyncIterator[str]:
@@ -177,12 +217,17 @@ async def stream_events(gen: Generation, first: tuple[int, RequestOutput], inclu
 
 
 async def run_generation(state: ServerState, request: Request, kind: str, prompts: list[list[int]],
-                         params: list[SamplingParams], body, *, strip_leading: bool) -> Response:
+                         params: list[SamplingParams], body, *, strip_leading: bool,
+                         scoring: Scoring | None = None) -> Response:
     """Answer a completions (`kind` "completion") or chat request: one JSON body, or an event stream."""
     state.acquire()
-    gen = Generation(state, request, kind, prompts, params, samples_per_prompt=body.n, strip_leading=strip_leading)
+    gen = Generation(state, request, kind, prompts, params, samples_per_prompt=body.n, strip_leading=strip_leading,
+                     scoring=scoring)
     streaming = False
     try:
+        if scoring is not None and scoring.echo_texts is not None:
+            echoed = await echoes(state, scoring.tokenizer, scoring.echo_texts, prompts[::body.n], scoring.logprobs)
+            scoring.echo = [e for e in echoed for _ in range(body.n)]
         gen.submit()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -1,5 +1,5 @@
-"""The guard in front of every request: API keys on `/v1/` routes, the request body size limit, and
-the response counts `/metrics` reports. `/`, `/health` and `/metrics` stay open so probes and
+"""The guard in front of every request: API keys on `/v1/` routes and the tokenizer routes, the request
+body size limit, and the response counts `/metrics` reports. `/`, `/health` and `/metrics` stay open so probes and
 scrapers need no key. (The limit on requests in progress is `ServerState.acquire`, taken by the
 handlers that do work, so a request refused as invalid never holds a place.)"""
 from __future__ import annotations
@@ -8,11 +8,12 @@ import hmac
 from typing import Sequence
 
 from lmforge.serve.errors import APIError
+from lmforge.serve.routes.tokenize import TOKENIZER_ROUTES
 from lmforge.serve.state import ServerState
 from lmforge.tasks import routed_tasks
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/",
-             *(f"/v1/{t}" for t in routed_tasks()))
+             *(f"/v1/{t}" for t in routed_tasks()), *TOKENIZER_ROUTES)
 BODYLESS_METHODS = ("GET", "HEAD", "OPTIONS", "DELETE")
 
 
@@ -61,7 +62,7 @@ class Guard:
             self.state.metrics.count_response(endpoint_label(path), status_box[0])
 
     async def _handle(self, scope, receive, send, path: str):
-        if path.startswith("/v1/"):
+        if path.startswith("/v1/") or path in TOKENIZER_ROUTES:
             refusal = self._refusal(scope)
             if refusal is not None:
                 return await refusal.response()(scope, receive, send)

@@ -5,7 +5,8 @@ The generation requests follow OpenAI's completions and chat completions bodies;
 extensions. Fields OpenAI defines but this server does not
 implement are accepted only at their neutral value, so a client relying on them gets a clear 400
 instead of a silently different answer. Unknown fields are ignored, as clients send extras.
-Limits that depend on the served model (prompt length, `max_tokens`) are checked by the server.
+Limits that depend on the served model (prompt length, `max_tokens`, `logprobs`) are checked by the
+server.
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_CHOICES = 16          # prompts x n per request
-MAX_STOP = 4
+MAX_STOP = 16             # OpenAI allows 4; evaluation harnesses send a task's stop strings plus end-of-text
 MAX_STOP_CHARS = 256
 MAX_MESSAGES = 256
 MAX_TASK_INPUTS = 64
 
 Text = Annotated[str, Field(max_length=1_000_000)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 StopStrings = Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]],
                         Field(max_length=MAX_STOP)]
 
@@ -73,17 +75,20 @@ class _Sampling(_Body):
 
 
 class CompletionRequest(_Sampling):
-    """POST /v1/completions. `prompt` is a text, a list of texts, or one list of token ids."""
+    """POST /v1/completions. `prompt` is a text, a list of texts, a list of token ids, or a list of such lists.
 
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_CHOICES)] | \
-        Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-    max_tokens: int | None = Field(16, ge=1)
+    `echo` puts the prompt before each completion; `logprobs` k scores every token (the prompt's too
+    with `echo`) with its k most likely alternatives; `max_tokens` 0 with `echo` only scores the prompt."""
+
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_CHOICES)] | TokenIds | \
+        Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_CHOICES)]
+    max_tokens: int | None = Field(16, ge=0)
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0)
     best_of: int | None = None
     suffix: str | None = None
 
-    @field_validator("echo", "logprobs", "suffix")
+    @field_validator("suffix")
     @classmethod
     def _unsupported(cls, v):
         if v:
@@ -131,14 +136,7 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
-
-    @field_validator("logprobs", "top_logprobs")
-    @classmethod
-    def _no_logprobs(cls, v):
-        if v:
-            raise ValueError("is not supported")
-        return v
+    top_logprobs: int | None = Field(None, ge=0)
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -160,3 +158,20 @@ class QARequest(_Body):
     question: TaskInput
     context: TaskInput
     model: str | None = Field(None, max_length=256)
+
+
+class TokenizeRequest(_Body):
+    """POST /tokenize: a `prompt`, or chat `messages` (encoded as the chat endpoint encodes them). Special tokens
+    are never added, so `add_special_tokens` is accepted at false only."""
+
+    model: str | None = Field(None, max_length=256)
+    prompt: Text | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)] | None = None
+    add_special_tokens: bool = False
+
+
+class DetokenizeRequest(_Body):
+    """POST /detokenize: token ids to text."""
+
+    model: str | None = Field(None, max_length=256)
+    tokens: TokenIds

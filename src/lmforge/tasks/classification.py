@@ -28,6 +28,7 @@ class ClassificationTask(Task):
     head = "sequence"
     reader_task = "classify"
     main_metric = "accuracy"
+    label_key = "class_labels"  # the batch entry holding the gold labels (distillation masks by it)
 
     def read(self, path, *, target_path=None, require_labels=True):
         examples = super().read(path, target_path=target_path, require_labels=require_labels)

@@ -40,6 +40,7 @@ class NERTask(Task):
     head = "token"
     reader_task = "ner"
     main_metric = "f1"
+    label_key = "labels"  # the batch entry holding the gold labels (distillation masks by it)
 
     @staticmethod
     def split_key(example: dict) -> str:

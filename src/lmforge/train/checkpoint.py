@@ -21,14 +21,13 @@ from safetensors.torch import load_file
 
 from lmforge.atomic import save_safetensors_atomic, write_json_atomic
 from lmforge.errors import CheckpointError
-from lmforge.models.registry import load_state, weights_for_saving
+from lmforge.models.common.state import state_mismatch
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_to_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimizer state dict into tensors (safetensors) and plain values (JSON)."""
-    sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, state in sd["state"].items():
         for key, value in state.items():
@@ -40,7 +39,8 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, to
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The optimizer state dict that `optimizer_to_tensors` split."""
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         pid, key = name.split(".", 1)
@@ -49,7 +49,7 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -67,16 +67,18 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def write_checkpoint(directory: Path, model, optimizer, state: dict) -> None:
-    """Write a complete checkpoint to `directory` via a temporary sibling and one rename."""
+def write_checkpoint(directory: Path, weights: dict[str, torch.Tensor], config: dict, optimizer_state: dict,
+                     state: dict) -> None:
+    """Write a complete checkpoint to `directory` via a temporary sibling and one rename: `weights` (each tied
+    tensor once), the model's `config` dict, an optimizer state dict and the trainer's `state`."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        save_safetensors_atomic(weights_for_saving(model), tmp / "model.safetensors", metadata={"format": "pt"})
-        write_json_atomic(tmp / "config.json", model.config.to_dict())
-        opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+        save_safetensors_atomic(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+        write_json_atomic(tmp / "config.json", config)
+        opt_tensors, opt_meta = optimizer_to_tensors(optimizer_state)
         save_safetensors_atomic({**opt_tensors, **rng_state()}, tmp / "optimizer.safetensors")
         write_json_atomic(tmp / "state.json", {**state, "optimizer": opt_meta})
         old = directory.with_name(directory.name + ".old")
@@ -110,8 +112,9 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore weights, optimizer and RNG from checkpoint `path`; return its trainer state."""
+def read_checkpoint(path: Path, expected: dict[str, torch.Tensor], *, optional=()) -> tuple[dict, dict, dict]:
+    """(weights, optimizer state dict, trainer state) of checkpoint `path`, its weights checked against the
+    model state dict `expected` (keys in `optional`, tied weights, may be absent); restores the RNG."""
     try:
         state = json.loads((path / "state.json").read_text())
         weights = load_file(str(path / "model.safetensors"))
@@ -119,11 +122,14 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__})",
                               f"delete {path} to resume from the previous checkpoint") from None
-    load_state(model, weights, source=str(path / "model.safetensors"))
+    detail = state_mismatch(expected, weights, optional=optional)
+    if detail:
+        raise CheckpointError(f"weights in {path / 'model.safetensors'} do not match the model config ({detail})",
+                              "resume with the model config the run was started with")
     opt_tensors = {k: v for k, v in extra.items() if not k.startswith("rng.")}
-    optimizer_from_tensors(optimizer, opt_tensors, state.pop("optimizer"))
+    optimizer_state = optimizer_from_tensors(opt_tensors, state.pop("optimizer"))
     restore_rng({k: v for k, v in extra.items() if k.startswith("rng.")})
-    return state
+    return weights, optimizer_state, state
 
 
 def publish(checkpoint: Path, run_dir: Path) -> None:

@@ -33,11 +33,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             for (decays, scale), params in ordered]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, *, device_type: str = "cpu") -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, *, device_type: str = "cpu",
+                    sharded: bool = False) -> torch.optim.Optimizer:
+    """`sharded`: the parameters are FSDP's DTensors, which have no fused SGD kernel (fused Adam/AdamW they have)."""
     groups = parameter_groups(model, cfg.weight_decay)
     name = cfg.optimizer
     # The fused kernels exist for these optimizers on CPU and CUDA and save a pass over the parameters.
-    fused = {"fused": True} if device_type in ("cpu", "cuda") else {}
+    fusable = device_type in ("cpu", "cuda") and not (sharded and name == "sgd")
+    fused = {"fused": True} if fusable else {}
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **fused)
     if name == "adam":

@@ -223,11 +223,12 @@ def check_layers(model: nn.Module) -> None:
 
 
 def _check_training(train: TrainConfig, world_size: int, precision: str, loader) -> None:
-    checks = [(train.grad_accum == 1, "train.grad_accum must be 1 with --privacy (a Poisson-sampled batch is one "
-               "step)", "raise --train.batch_size, the expected batch size, instead"),
+    checks = [(train.grad_accum == 1 and train.global_batch_size is None, "train.grad_accum must be 1 and "
+               "train.global_batch_size unset with --privacy (a Poisson-sampled batch is one step)",
+               "raise --train.batch_size, the expected batch size, instead"),
               (world_size == 1, "DP-SGD runs in one process", "launch without torchrun"),
               (precision != "fp16", "DP-SGD does not run with fp16 loss scaling", "pass --train.precision fp32 or bf16"),
-              (not train.compile and not train.activation_checkpointing,
+              (not train.compile and train.activation_checkpointing == "none",
                "train.compile and train.activation_checkpointing cannot be used with --privacy (Opacus's hooks "
                "must see each layer's forward once)", "drop those options"),
               (hasattr(loader, "num_examples") and hasattr(loader, "batch_of"),

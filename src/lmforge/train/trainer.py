@@ -8,6 +8,7 @@ checkpoint, so an interrupted run ends with exactly the weights of an uninterrup
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -21,8 +22,11 @@ from tqdm.auto import tqdm
 
 from lmforge.atomic import atomic_path
 from lmforge.config import PrivacyConfig, TrainConfig
-from lmforge.errors import CheckpointError, TrainingError
-from lmforge.parallel import DistInfo, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_ddp, unwrap
+from lmforge.errors import CheckpointError, ConfigError, TrainingError
+from lmforge.models.registry import tied_keys
+from lmforge.parallel import (DistInfo, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_ddp,
+                              apply_fsdp, clip_grad_norm, full_state, is_sharded, load_full_state, skip_gradient_sync,
+                              unwrap)
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
@@ -61,29 +65,38 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.model = model.to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.grad_accum = micro_batches_per_step(cfg, self.dist)
+        self.tied = tied_keys(self.model)  # before sharding, which gives every key its own tensor
         self.objective = objective or CausalLM()
         self.loader = loader
         # DP-SGD (lmforge.train.privacy) freezes what the loss never reaches before the optimizer is built,
         # then wraps the optimizer and replaces the loader with Poisson-sampled batches.
         self.privacy = PrivateTraining(self.model, loader, self.objective, cfg, privacy, precision=self.precision,
                                        world_size=self.dist.world_size) if privacy and privacy.enabled else None
-        self.optimizer = build_optimizer(self.model, cfg, device_type=self.device.type)
+        if self.privacy is None:
+            # FSDP replaces the parameters with sharded ones, which the optimizer must hold: wrap first.
+            self.wrapped = self._wrap(self.model)
+        self.optimizer = build_optimizer(self.model, cfg, device_type=self.device.type, sharded=is_sharded(self.model))
         if self.privacy is not None:
+            # Opacus hooks the bare model's layers; wrapping (DDP, compile) comes after them.
             self.optimizer, self.loader = self.privacy.attach(self.optimizer)
+            self.wrapped = self._wrap(self.model)
         self.scaler = grad_scaler(self.precision, self.device)
         self.last_terms: dict[str, float] = {}
         self.evaluate_fn = evaluate
         self.on_step = on_step
         self.threads = ThreadTuner() if cfg.threads == "auto" else None
         self.state = TrainerState()
-        self.wrapped = self._wrap(self.model)
         self.stop_reason = ""
 
     def _wrap(self, model: nn.Module) -> nn.Module:
-        if self.cfg.activation_checkpointing:
-            apply_activation_checkpointing(model)
+        """Activation checkpointing -> compile -> DDP or FSDP, each applied from outside the model."""
+        apply_activation_checkpointing(model, self.cfg.activation_checkpointing)
         if self.cfg.compile:
             apply_compile(model)
+        if self.cfg.parallel == "fsdp":
+            return apply_fsdp(model, self.dist, precision=self.precision,
+                              reshard_after_forward=self.cfg.reshard_after_forward)
         return apply_ddp(model, self.dist)
 
     # ------------------------------------------------------------------ one optimizer step
@@ -103,11 +116,10 @@ class Trainer:
         totals = {t: torch.zeros((), device=self.device) for t in n_global}
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
-            sync = model.no_sync() if (self.dist.enabled and not last) else _null()
-            with sync:
+            with contextlib.nullcontext() if last else skip_gradient_sync(model, self.dist):
                 with autocast(self.precision, self.device):
                     sums = self.objective(model, batch)
-                # DDP averages gradients over ranks; scaling by world size makes the result a global sum.
+                # DDP and FSDP average gradients over ranks; scaling by world size makes the result a global sum.
                 loss = sum(sums[t] * (self.dist.world_size / n_global[t]) for t in sums)
                 self.scaler.scale(loss).backward()
             for t in sums:
@@ -117,7 +129,7 @@ class Trainer:
             self.privacy.check_per_example_gradients(batches)  # DP-SGD clips each example's gradient instead
         elif self.cfg.grad_clip:
             self.scaler.unscale_(opt)
-            figures.append(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+            figures.append(clip_grad_norm(self.model, self.cfg.grad_clip))
         # The step's one wait for the device: loss terms and gradient norm come back together.
         values = torch.stack([f.float() for f in figures]).tolist()
         self.last_terms = dict(zip(totals, values))
@@ -155,7 +167,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         try:
             while st.step < cfg.max_steps:
-                batches = [self.loader.next_batch() for _ in range(cfg.grad_accum)]
+                batches = [self.loader.next_batch() for _ in range(self.grad_accum)]
                 loss = self.train_step(batches)
                 if not math.isfinite(loss):
                     self._stop_on_nan(loss)
@@ -220,9 +232,7 @@ class Trainer:
         st, cfg = self.state, self.cfg
         if figures["val_loss"] < st.best_val_loss:
             st.best_val_loss, st.evals_since_best = figures["val_loss"], 0
-            if self.dist.is_main:
-                ckpt.write_checkpoint(self.run_dir / "checkpoints" / "best", self.model, self.optimizer,
-                                      self._state_dict())
+            self._write_checkpoint(self.run_dir / "checkpoints" / "best")
             return False
         st.evals_since_best += 1
         return cfg.early_stopping_patience is not None and st.evals_since_best >= cfg.early_stopping_patience
@@ -232,11 +242,19 @@ class Trainer:
         return {**self.state.__dict__, "loader": self.loader.state_dict(), "best_val_loss": self.state.best_val_loss
                 if math.isfinite(self.state.best_val_loss) else None, **private}
 
-    def save(self) -> Path | None:
+    def _write_checkpoint(self, path: Path) -> bool:
+        """Write a checkpoint from rank 0 (under FSDP every rank takes part in gathering the state)."""
+        weights, optimizer_state = full_state(self.model, self.optimizer)
         if not self.dist.is_main:
-            return None
+            return False
+        weights = {k: v for k, v in weights.items() if k not in self.tied}
+        ckpt.write_checkpoint(path, weights, unwrap(self.model).config.to_dict(), optimizer_state, self._state_dict())
+        return True
+
+    def save(self) -> Path | None:
         path = self.run_dir / "checkpoints" / f"step_{self.state.step:08d}"
-        ckpt.write_checkpoint(path, self.model, self.optimizer, self._state_dict())
+        if not self._write_checkpoint(path):
+            return None
         ckpt.publish(path, self.run_dir)
         ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
         return path
@@ -245,7 +263,8 @@ class Trainer:
         path = ckpt.latest_checkpoint(self.run_dir)
         if path is None:
             return
-        saved = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        weights, optimizer_state, saved = ckpt.read_checkpoint(path, self.model.state_dict(), optional=self.tied)
+        load_full_state(self.model, self.optimizer, weights, optimizer_state)
         self.loader.load_state_dict(saved.pop("loader"))
         if self.privacy is not None:
             self.privacy.load_state_dict(saved.pop("privacy", None))
@@ -293,12 +312,17 @@ class Trainer:
         }
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def micro_batches_per_step(cfg: TrainConfig, dist: DistInfo) -> int:
+    """`cfg.grad_accum`, or the micro-batches per step that make up `cfg.global_batch_size` over the ranks."""
+    if cfg.global_batch_size is None:
+        return cfg.grad_accum
+    per_pass = cfg.batch_size * dist.world_size
+    if cfg.global_batch_size % per_pass:
+        raise ConfigError(f"train.global_batch_size ({cfg.global_batch_size}) is not a multiple of "
+                          f"train.batch_size x processes ({cfg.batch_size} x {dist.world_size} = {per_pass})",
+                          f"pass --train.global_batch_size {max(1, round(cfg.global_batch_size / per_pass)) * per_pass}"
+                          f" or a --train.batch_size that divides it over {dist.world_size} processes")
+    return cfg.global_batch_size // per_pass
 
 
 class _MetricsLog:

@@ -59,3 +59,18 @@ class ModelConfig:
         if self.n_embd % self.n_head:
             raise ConfigError(f"model.n_embd ({self.n_embd}) is not divisible by model.n_head ({self.n_head})",
                               hint)
+
+    def require_layer_sizes(self, *names: str) -> None:
+        """Each of `names` is None or one positive size per layer (what structured pruning leaves)."""
+        for name in names:
+            sizes = getattr(self, name)
+            if sizes is None:
+                continue
+            if len(sizes) != self.n_layer or any(int(n) <= 0 for n in sizes):
+                raise ConfigError(f"model.{name} must list one positive size for each of the {self.n_layer} layers, "
+                                  f"got {sizes}", f"leave model.{name} unset (it is written by `lmforge prune`)")
+
+    def layer_size(self, name: str, layer: int, default: int) -> int:
+        """Layer `layer`'s entry of the per-layer list `name`, or `default` where the list is unset."""
+        sizes = getattr(self, name)
+        return default if sizes is None else int(sizes[layer])

@@ -1,12 +1,14 @@
 """`POST /v1/chat/completions`: the messages become the chat template's transcript, and the reply
-stops at the end of the assistant's turn."""
+stops at the end of the assistant's turn. With `logprobs` the reply's tokens come back scored (with
+`top_logprobs` alternatives each), in chat's `logprobs` shape; scores are not streamed."""
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
 
 from lmforge.infer.chat import TURN_STOP, format_transcript
 from lmforge.serve.errors import APIError
-from lmforge.serve.generation import run_generation
+from lmforge.serve.generation import Scoring, run_generation
+from lmforge.serve.prompt_scores import check_logprobs
 from lmforge.serve.routes.completions import check_model, prompt_encoder, sampling_params
 from lmforge.serve.schemas import ChatCompletionRequest, ChatMessage
 from lmforge.serve.state import ServerState
@@ -44,4 +46,17 @@ def add_chat_routes(app: FastAPI, state: ServerState, tokenizer) -> None:
                                                                state.context_len - len(ids)))
         stop = list(dict.fromkeys([*body.stop_list(), TURN_STOP]))
         params = sampling_params(state, body, max_tokens, [ids], stop, "messages")
-        return await run_generation(state, request, "chat", [ids] * body.n, params, body, strip_leading=True)
+        return await run_generation(state, request, "chat", [ids] * body.n, params, body, strip_leading=True,
+                                    scoring=_scoring(state, tokenizer, body))
+
+
+def _scoring(state: ServerState, tokenizer, body: ChatCompletionRequest) -> Scoring | None:
+    check_logprobs(state, body.top_logprobs, "top_logprobs")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+    if not body.logprobs:
+        return None
+    if body.stream:
+        raise APIError(400, "logprobs are not supported with stream; send the request without stream",
+                       param="stream", code="invalid_value")
+    return Scoring(tokenizer, body.top_logprobs or 0)

@@ -1,16 +1,23 @@
 """`POST /v1/completions`, and the checks every generation request shares: the model asked for,
-the prompt's tokens and the sampling parameters within the server's limits."""
+the prompt's tokens and the sampling parameters within the server's limits.
+
+`echo` and `logprobs` follow OpenAI's legacy completions: the prompt is put before each completion and,
+with `logprobs` k, every token (the echoed prompt's too) is scored with its k most likely alternatives;
+`max_tokens` 0 with `echo` scores the prompt without generating. Scores are not streamed: a streamed
+request asking for them gets a 400."""
 from __future__ import annotations
 
 from typing import Callable
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.infer.generate import encode_prompt
 from lmforge.infer.sampling import SamplingParams
 from lmforge.serve.errors import APIError
-from lmforge.serve.generation import run_generation
+from lmforge.serve.generation import Scoring, run_generation
+from lmforge.serve.prompt_scores import check_echo_lengths, check_logprobs, echoes, scored_prompts_body
 from lmforge.serve.schemas import MAX_CHOICES, CompletionRequest
 from lmforge.serve.state import ServerState
 
@@ -89,10 +96,37 @@ def add_completion_routes(app: FastAPI, state: ServerState, tokenizer) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         check_model(state, body.model)
-        prompts = [token_ids(p) for p in body.prompts()]
+        texts = body.prompts()
+        prompts = [token_ids(p) for p in texts]
         if len(prompts) * body.n > MAX_CHOICES:
             raise APIError(400, f"a request may ask for at most {MAX_CHOICES} completions (prompts x n)", param="n")
         max_tokens = body.max_tokens if body.max_tokens is not None else DEFAULT_MAX_TOKENS
+        _check_scoring(state, body, prompts, max_tokens)
+        if max_tokens == 0:
+            return await _score_only(state, tokenizer, body, texts, prompts)
         params = sampling_params(state, body, max_tokens, prompts, body.stop_list(), "prompt")
         prompts = [p for p in prompts for _ in range(body.n)]
-        return await run_generation(state, request, "completion", prompts, params, body, strip_leading=False)
+        scoring = Scoring(tokenizer, body.logprobs, texts if body.echo else None)
+        return await run_generation(state, request, "completion", prompts, params, body, strip_leading=False,
+                                    scoring=scoring)
+
+
+def _check_scoring(state: ServerState, body: CompletionRequest, prompts: list[list[int]], max_tokens: int) -> None:
+    check_logprobs(state, body.logprobs, "logprobs")
+    if max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens 0 generates nothing; it is only useful with echo (scoring the prompt)",
+                       param="max_tokens", code="invalid_value")
+    if body.stream and (body.echo or body.logprobs is not None):
+        raise APIError(400, "echo and logprobs are not supported with stream; send the request without stream",
+                       param="stream", code="invalid_value")
+    if body.echo:
+        check_echo_lengths(state, prompts, max_tokens)
+
+
+async def _score_only(state: ServerState, tokenizer, body: CompletionRequest, texts, prompts) -> JSONResponse:
+    state.acquire()
+    try:
+        echoed = await echoes(state, tokenizer, texts, prompts, body.logprobs)
+        return JSONResponse(scored_prompts_body(state, tokenizer, echoed, body.n))
+    finally:
+        state.release()

@@ -1,0 +1,99 @@
+"""Distillation against hand computations: the soft-target KL term, the objective's two terms and their
+masking of unlabelled positions, and a student built from chosen teacher layers."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.compress.layers import keep_layers, parse_layers
+from lmforge.errors import ConfigError
+from lmforge.models.heads import TaskModel, TaskModelConfig
+from lmforge.models.registry import preset_config
+from lmforge.train.distill import DistillationObjective, soft_target_kl
+
+
+def test_soft_target_kl_matches_a_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    T = 3.0
+    expected = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+        zs, zt = sum(math.exp(v / T) for v in s_row), sum(math.exp(v / T) for v in t_row)
+        for s, t in zip(s_row, t_row):
+            p_t, p_s = math.exp(t / T) / zt, math.exp(s / T) / zs
+            expected += p_t * (math.log(p_t) - math.log(p_s))
+    assert float(soft_target_kl(student, teacher, T)) == pytest.approx(T * T * expected, rel=1e-5)
+    assert float(soft_target_kl(teacher, teacher, T)) == pytest.approx(0.0, abs=1e-6)
+
+
+class _Tagger:
+    """A minimal tagging objective: summed cross-entropy over labelled positions of (B, T, L) logits."""
+    label_key = "labels"
+
+    def counts(self, batch):
+        return {"tok": (batch["labels"] != -100).sum()}
+
+    def __call__(self, model, batch):
+        logits = model(batch["input_ids"])
+        return {"tok": F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1),
+                                       ignore_index=-100, reduction="sum")}
+
+
+class _Net(nn.Module):
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb, self.out = nn.Embedding(20, 8), nn.Linear(8, 3)
+
+    def forward(self, input_ids):
+        return self.out(torch.tanh(self.emb(input_ids)))
+
+
+def test_the_objective_is_weighted_hard_plus_soft_terms_over_labelled_positions_only():
+    student, teacher = _Net(0), _Net(1)
+    batch = {"input_ids": torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(2)),
+             "labels": torch.tensor([[0, 1, -100, 2, -100, -100], [2, 2, 1, -100, 0, -100]])}
+    objective = DistillationObjective(_Tagger(), teacher, temperature=2.0, alpha=0.3)
+    terms = objective(student, batch)
+    assert objective.counts(batch) == {"tok": 7, "kd": 7}
+    keep = batch["labels"] != -100
+    s, t = student(batch["input_ids"])[keep], teacher(batch["input_ids"])[keep].detach()
+    hard = F.cross_entropy(s, batch["labels"][keep], reduction="sum")
+    soft = 4.0 * (F.softmax(t / 2, -1) * (F.log_softmax(t / 2, -1) - F.log_softmax(s / 2, -1))).sum()
+    torch.testing.assert_close(terms["tok"], 0.7 * hard)
+    torch.testing.assert_close(terms["kd"], 0.3 * soft)
+    (terms["tok"] + terms["kd"]).backward()
+    assert all(p.grad is None for p in teacher.parameters())  # the teacher is frozen
+    assert student.out.weight.grad is not None
+
+
+@pytest.mark.parametrize("kwargs, message", [({"temperature": 0.0}, "temperature must be positive"),
+                                             ({"alpha": 1.5}, r"alpha must be in \[0, 1\]")])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        DistillationObjective(_Tagger(), _Net(1), **kwargs)
+
+
+def test_a_student_from_chosen_layers_computes_the_teacher_with_only_those_blocks():
+    torch.manual_seed(0)
+    backbone = preset_config("bert-debug", vocab_size=50, n_layer=4, dropout=0.0)
+    teacher = TaskModel(TaskModelConfig(backbone=backbone.to_dict(), labels=["a", "b"], classifier_dropout=0.0)).eval()
+    layers = parse_layers("half", 4)
+    assert layers == [0, 2]
+    student = keep_layers(teacher, layers).eval()
+    reference = copy.deepcopy(teacher)
+    reference.backbone.blocks = nn.ModuleList([reference.backbone.blocks[i] for i in layers])
+    ids = torch.randint(1, 50, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids, attention_mask=torch.ones_like(ids)),
+                                   reference(ids, attention_mask=torch.ones_like(ids)), atol=0, rtol=0)
+    assert student.backbone.config.n_layer == 2 and student.config.backbone["n_layer"] == 2
+
+
+@pytest.mark.parametrize("spec, message", [("0,9", "between 0 and 3"), ("a,b", "is not a list of layer numbers")])
+def test_bad_layer_lists_are_refused(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_layers(spec, 4)
