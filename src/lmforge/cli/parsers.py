@@ -12,6 +12,7 @@ from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConf
                             ModelSpec, PrivacyConfig, StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.infer.sampling import SamplingParams
 from lmforge.runs.compare import DEFAULT_MODELS
+from lmforge.runs.federate import FederateConfig
 
 
 def verb_parser(description: str) -> ArgumentParser:
@@ -99,6 +100,33 @@ def distill_parser() -> ArgumentParser:
     p.add_class_arguments(DecodeConfig, "decode")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return p
+
+
+def federate_parser() -> ArgumentParser:
+    p = verb_parser("Fine-tune across clients that keep their data (federated learning with Flower): a server and one "
+                    "client process per shard on this machine; writes a run directory with the global model.")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML fine-tuning recipe (see configs/finetune/)")
+    p.add_argument("--task", required=True, help="classify, ner, qa, translate, summarize or chat")
+    defaults = FederateConfig()
+    p.add_argument("--clients", type=int, default=defaults.clients, help="client processes, one shard each")
+    p.add_argument("--rounds", type=int, default=defaults.rounds)
+    p.add_argument("--strategy", default=defaults.strategy, help="fedavg or fedprox")
+    p.add_argument("--partition", default=defaults.partition, help="iid, or dirichlet (label-skewed shards)")
+    p.add_argument("--alpha", type=float, default=defaults.alpha, help="Dirichlet concentration (smaller: more skew)")
+    p.add_argument("--fraction_fit", type=float, default=defaults.fraction_fit,
+                   help="share of the clients that train each round")
+    p.add_argument("--local_steps", type=int, default=defaults.local_steps, help="training steps per client per round")
+    p.add_argument("--proximal_mu", type=float, default=defaults.proximal_mu, help="FedProx's proximal weight")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and the client sampling")
+    p.add_class_arguments(TaskDataConfig, "data")
+    p.add_class_arguments(StartConfig, "model")
+    p.add_class_arguments(MethodConfig, "method")
+    p.add_class_arguments(TrainConfig, "train")
+    p.add_class_arguments(BalanceConfig, "balance")
+    p.add_class_arguments(AugmentConfig, "augment")
+    p.add_class_arguments(DecodeConfig, "decode")
+    p.add_argument("--out", required=True, help="run directory to create")
     return p
 
 
