@@ -28,6 +28,13 @@ def sampling_arguments(p: ArgumentParser) -> None:
         p.add_argument(f"--{f.name}", type=hints[f.name], default=getattr(defaults, f.name))
 
 
+def fine_tuning_sections(p: ArgumentParser) -> None:
+    """The recipe sections of a fine-tuning run: --data.*, --model.*, --method.*, --train.* and the rest."""
+    for cls, name in ((TaskDataConfig, "data"), (StartConfig, "model"), (MethodConfig, "method"), (TrainConfig, "train"),
+                      (BalanceConfig, "balance"), (AugmentConfig, "augment"), (DecodeConfig, "decode")):
+        p.add_class_arguments(cls, name)
+
+
 def prepare_parser() -> ArgumentParser:
     p = verb_parser("Clean a corpus, train a tokenizer and write memmap token shards.")
     p.add_argument("--data", required=True, help="file, folder, glob, or built-in corpus (python-docs, tinyshakespeare)")
@@ -68,13 +75,7 @@ def finetune_parser() -> ArgumentParser:
                 "writes a run directory whose summary.json holds the validation metrics.")
     p.add_argument("--config", action=ActionConfigFile, help="YAML recipe (see configs/finetune/)")
     p.add_argument("--task", required=True, help="classify, ner, qa, translate, summarize or chat")
-    p.add_class_arguments(TaskDataConfig, "data")
-    p.add_class_arguments(StartConfig, "model")
-    p.add_class_arguments(MethodConfig, "method")
-    p.add_class_arguments(TrainConfig, "train")
-    p.add_class_arguments(BalanceConfig, "balance")
-    p.add_class_arguments(AugmentConfig, "augment")
-    p.add_class_arguments(DecodeConfig, "decode")
+    fine_tuning_sections(p)
     p.add_class_arguments(PrivacyConfig, "privacy")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -91,13 +92,7 @@ def distill_parser() -> ArgumentParser:
                         "the teacher's tokenizer, or a preset name (a fresh model)")
     p.add_argument("--task", default=None, help="ignored: the teacher's task (accepted so recipes can be reused)")
     p.add_class_arguments(DistillConfig, "distill")
-    p.add_class_arguments(TaskDataConfig, "data")
-    p.add_class_arguments(StartConfig, "model")
-    p.add_class_arguments(MethodConfig, "method")
-    p.add_class_arguments(TrainConfig, "train")
-    p.add_class_arguments(BalanceConfig, "balance")
-    p.add_class_arguments(AugmentConfig, "augment")
-    p.add_class_arguments(DecodeConfig, "decode")
+    fine_tuning_sections(p)
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
@@ -108,24 +103,11 @@ def federate_parser() -> ArgumentParser:
                     "client process per shard on this machine; writes a run directory with the global model.")
     p.add_argument("--config", action=ActionConfigFile, help="YAML fine-tuning recipe (see configs/finetune/)")
     p.add_argument("--task", required=True, help="classify, ner, qa, translate, summarize or chat")
-    defaults = FederateConfig()
-    p.add_argument("--clients", type=int, default=defaults.clients, help="client processes, one shard each")
-    p.add_argument("--rounds", type=int, default=defaults.rounds)
-    p.add_argument("--strategy", default=defaults.strategy, help="fedavg or fedprox")
-    p.add_argument("--partition", default=defaults.partition, help="iid, or dirichlet (label-skewed shards)")
-    p.add_argument("--alpha", type=float, default=defaults.alpha, help="Dirichlet concentration (smaller: more skew)")
-    p.add_argument("--fraction_fit", type=float, default=defaults.fraction_fit,
-                   help="share of the clients that train each round")
-    p.add_argument("--local_steps", type=int, default=defaults.local_steps, help="training steps per client per round")
-    p.add_argument("--proximal_mu", type=float, default=defaults.proximal_mu, help="FedProx's proximal weight")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and the client sampling")
-    p.add_class_arguments(TaskDataConfig, "data")
-    p.add_class_arguments(StartConfig, "model")
-    p.add_class_arguments(MethodConfig, "method")
-    p.add_class_arguments(TrainConfig, "train")
-    p.add_class_arguments(BalanceConfig, "balance")
-    p.add_class_arguments(AugmentConfig, "augment")
-    p.add_class_arguments(DecodeConfig, "decode")
+    # --clients, --rounds, --strategy, --partition, --alpha, ...: see FederateConfig for what each means
+    hints, defaults = get_type_hints(FederateConfig), FederateConfig()
+    for f in fields(FederateConfig):
+        p.add_argument(f"--{f.name}", type=hints[f.name], default=getattr(defaults, f.name))
+    fine_tuning_sections(p)
     p.add_argument("--out", required=True, help="run directory to create")
     return p
 

@@ -26,6 +26,7 @@ from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodCo
 from lmforge.data.partition import PARTITIONS, label_counts, partition_indices
 from lmforge.errors import ConfigError
 from lmforge.models.registry import save_model
+from lmforge.runs.federate_server import run_federation
 from lmforge.runs.finetune import build_job, read_train_examples
 from lmforge.runs.rundir import check_out, check_run_dir
 from lmforge.runs.starts import check_start
@@ -78,8 +79,6 @@ def federate(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | 
              augment: AugmentConfig | None = None, decode: DecodeConfig | None = None) -> dict:
     """Federated fine-tuning of `model` for `task` into the run directory `out` (see the module docstring);
     returns the summary: the final global model's validation metrics and each round's record."""
-    from lmforge.runs.federate_server import run_federation  # Flower takes seconds to import
-
     fed, train = federation or FederateConfig(), train or TrainConfig()
     sections = {"data": data, "model": model, "method": method or MethodConfig(), "balance": balance or BalanceConfig(),
                 "augment": augment or AugmentConfig(), "decode": decode or DecodeConfig()}

@@ -16,12 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import flwr
 import numpy as np
 import torch
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.client_manager import SimpleClientManager
-from flwr.server.strategy import FedAvg, FedProx
 
 from lmforge.errors import TrainingError
 
@@ -84,30 +80,34 @@ class ClientProcesses:
                 proc.wait()
 
 
-class FederationClientManager(SimpleClientManager):
-    """Waits for every client before the first round; afterwards samples among the connected ones."""
+def client_manager(processes: ClientProcesses, expected: int, seed: int, on_joined):
+    """A Flower client manager that waits for every client before the first round and afterwards samples
+    among the connected ones."""
+    from flwr.server.client_manager import SimpleClientManager  # Flower takes seconds to import
 
-    def __init__(self, processes: ClientProcesses, expected: int, seed: int, on_joined):
-        super().__init__()
-        self.processes, self.expected, self.on_joined = processes, expected, on_joined
-        self.rng, self.joined = random.Random(seed), False
+    class FederationClientManager(SimpleClientManager):
+        def __init__(self):
+            super().__init__()
+            self.rng, self.joined = random.Random(seed), False
 
-    def wait_for_everyone(self) -> None:
-        if self.joined:
-            return
-        deadline = time.monotonic() + JOIN_TIMEOUT_SECONDS
-        while not self.wait_for(self.expected, timeout=1):
-            self.processes.check_alive()
-            if time.monotonic() > deadline:
-                raise TrainingError(f"only {self.num_available()} of {self.expected} clients joined in "
-                                    f"{JOIN_TIMEOUT_SECONDS:g} s", "see the logs in RUN/clients/")
-        self.joined = True
-        self.on_joined()
+        def wait_for_everyone(self) -> None:
+            if self.joined:
+                return
+            deadline = time.monotonic() + JOIN_TIMEOUT_SECONDS
+            while not self.wait_for(expected, timeout=1):
+                processes.check_alive()
+                if time.monotonic() > deadline:
+                    raise TrainingError(f"only {self.num_available()} of {expected} clients joined in "
+                                        f"{JOIN_TIMEOUT_SECONDS:g} s", "see the logs in RUN/clients/")
+            self.joined = True
+            on_joined()
 
-    def sample(self, num_clients, min_num_clients=None, criterion=None):
-        proxies = self.all()
-        picked = self.rng.sample(sorted(proxies), min(num_clients, len(proxies)))
-        return [proxies[cid] for cid in picked]
+        def sample(self, num_clients, min_num_clients=None, criterion=None):
+            proxies = self.all()
+            picked = self.rng.sample(sorted(proxies), min(num_clients, len(proxies)))
+            return [proxies[cid] for cid in picked]
+
+    return FederationClientManager()
 
 
 class RoundRecorder:
@@ -122,6 +122,8 @@ class RoundRecorder:
         return super().configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round, results, failures):
+        from flwr.common import parameters_to_ndarrays
+
         aggregated, metrics = super().aggregate_fit(server_round, results, failures)
         if aggregated is not None:
             set_trainable(self.model, self.names, parameters_to_ndarrays(aggregated))
@@ -140,6 +142,9 @@ class RoundRecorder:
 
 
 def build_strategy(name: str, *, fraction_fit: float, proximal_mu: float, initial: list[np.ndarray], evaluate_fn):
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server.strategy import FedAvg, FedProx
+
     base = FedProx if name == "fedprox" else FedAvg
     strategy_class = type(f"Recorded{base.__name__}", (RoundRecorder, base), {})
     options = dict(on_fit_config_fn=lambda server_round: {"server_round": server_round}, fraction_fit=fraction_fit,
@@ -159,6 +164,8 @@ def free_address() -> str:
 def run_federation(job, state: dict, fed, run_dir: Path, run) -> list[dict]:
     """Serve `fed.rounds` rounds to `fed.clients` client processes; returns one record per round (round 0: the
     starting model), each with the global model's validation figures. The job's model ends as the final one."""
+    import flwr
+
     model, names = job.model, trainable_names(job.model)
     task, valid = state["task"], state["examples"].valid
     evaluations: dict[int, dict] = {}
@@ -181,7 +188,7 @@ def run_federation(job, state: dict, fed, run_dir: Path, run) -> list[dict]:
     strategy = build_strategy(fed.strategy, fraction_fit=fed.fraction_fit, proximal_mu=fed.proximal_mu,
                               initial=get_trainable(model, names), evaluate_fn=evaluate)
     strategy.setup(model, names, processes, say)
-    manager = FederationClientManager(processes, fed.clients, fed.seed, on_joined=run.started)
+    manager = client_manager(processes, fed.clients, fed.seed, on_joined=run.started)
     try:
         flwr.server.start_server(server_address=address, config=flwr.server.ServerConfig(num_rounds=fed.rounds),
                                  strategy=strategy, client_manager=manager)
