@@ -26,7 +26,8 @@ from lmforge.train.plan import describe_plan
 
 # A bare `--data X` / `--model X` names the section's main field (`--data.path X`, `--model.preset X`).
 SECTION_SHORTHANDS = {"pretrain": {"--data": "--data.path", "--model": "--model.preset"},
-                      "finetune": {"--data": "--data.train", "--model": "--model.init"}}
+                      "finetune": {"--data": "--data.train", "--model": "--model.init"},
+                      "federate": {"--data": "--data.train", "--model": "--model.init"}}
 
 
 
