@@ -6,6 +6,7 @@ Speed: batch-1 greedy decoding through lmforge's `generate` (the path of `lmforg
 best of `--repeats` interleaved runs after a warm-up each. Compared, all with fp32 activations in and out:
   - fp32 eager, the model as `lmforge.load` prepares it;
   - lmforge int8 eager (`Int8Linear`: packed int8 kernel, products in bfloat16);
+  - lmforge dynamic int8 eager (`DynamicInt8Linear`: int8 activations too, fbgemm's kernels);
   - lmforge int4 eager (`Int4Linear`, group size `--group_size`: packed int4 kernel, products in bfloat16);
   - lmforge int8 and fp32 compiled (`generate --compile`), unless `--no_compile`; compiling is not timed;
   - torchao int8 weight-only (`quantize_(model, Int8WeightOnlyConfig())`), when torchao is installed;
@@ -17,7 +18,9 @@ small GPT on real text) is quantized with `lmforge.api.quantize`, and both runs 
 validation split of its dataset: perplexity ratio int8 / fp32 and the share of positions where both
 predict the same next token (top-1 agreement); likewise int4 with plain rounding and int4 calibrated on
 `--calibration_tokens` tokens of the dataset's training split (so the scored text is not calibrated on).
-int4 uses the largest group size <= `--group_size` that divides every layer's input width.
+int4 uses the largest group size <= `--group_size` that divides every layer's input width. Low rank:
+`lmforge prune --method lowrank` removing `--lowrank_sparsity` of the blocks' weights, whitened on the
+calibration text, beside plain SVD.
 
     python benchmarks/quantize.py [--preset gpt2-124m --new_tokens 64 --threads 1 --quality_run runs/demo]
 
@@ -68,8 +71,10 @@ def speed_models(preset: str, block_size: int, group_size: int) -> dict[str, tor
     """fp32, lmforge int8, and the int8 models of the other tools, all from the same random weights."""
     torch.manual_seed(0)
     fp32 = prepare_for_inference(build_model(preset, block_size=block_size).eval())
-    models = {"fp32": fp32, "int8": copy.deepcopy(fp32), "int4": copy.deepcopy(fp32)}
+    models = {"fp32": fp32, "int8": copy.deepcopy(fp32), "dynamic_int8": copy.deepcopy(fp32),
+              "int4": copy.deepcopy(fp32)}
     apply_quantization(models["int8"])
+    apply_quantization(models["dynamic_int8"], "dynamic-int8")
     apply_quantization(models["int4"], "int4", group_size=fitting_group_size(fp32, group_size))
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_  # optional: pip install torchao
@@ -122,8 +127,12 @@ def quality(args) -> dict:
     calibration.write_text(Tokenizer.load(run).decode([int(t) for t in train_ids]))
     exact, _ = load(run)
     group_size = fitting_group_size(exact, args.group_size)
-    runs = {"fp32": run, "int8": scratch / "int8", "int4": scratch / "int4", "int4_plain": scratch / "int4_plain"}
+    runs = {"fp32": run, "int8": scratch / "int8", "dynamic_int8": scratch / "dynamic_int8", "int4": scratch / "int4",
+            "int4_plain": scratch / "int4_plain", "lowrank": scratch / "lowrank", "lowrank_plain": scratch / "svd"}
     lf.quantize(run, runs["int8"])
+    lf.quantize(run, runs["dynamic_int8"], method="dynamic-int8")
+    lf.prune(run, runs["lowrank"], method="lowrank", sparsity=args.lowrank_sparsity, calibration=calibration)
+    lf.prune(run, runs["lowrank_plain"], method="lowrank", sparsity=args.lowrank_sparsity, whiten=False)
     lf.quantize(run, runs["int4"], method="int4", group_size=group_size, calibration=calibration)
     lf.quantize(run, runs["int4_plain"], method="int4", group_size=group_size)
     ppl = {name: perplexity_of_run(path, data)["perplexity"] for name, path in runs.items()}
@@ -131,11 +140,11 @@ def quality(args) -> dict:
     block = exact.config.block_size
     windows = torch.from_numpy(np.asarray(tokens[: (len(tokens) // block) * block], dtype=np.int64)).view(-1, block)
     figures = {f"ppl_{name}": value for name, value in ppl.items()}
-    for name in ("int8", "int4", "int4_plain"):
+    for name in ("int8", "dynamic_int8", "int4", "int4_plain", "lowrank", "lowrank_plain"):
         figures[f"top1_agreement_{name}"] = top1_agreement(exact, load(runs[name])[0], windows[: args.quality_windows])
     print(f"quality on {data} (int4 group size {group_size}): perplexity "
           + ", ".join(f"{name} {value:.3f}" for name, value in ppl.items()) + "; top-1 agreement "
-          + ", ".join(f"{name} {figures[f'top1_agreement_{name}']:.4f}" for name in ("int8", "int4", "int4_plain")))
+          + ", ".join(f"{name} {figures[f'top1_agreement_{name}']:.4f}" for name in ppl if name != "fp32"))
     return {**figures, "int4_group_size_quality": group_size}
 
 
@@ -163,6 +172,7 @@ def main() -> None:
     ap.add_argument("--quality_windows", type=int, default=64, help="context windows for top-1 agreement")
     ap.add_argument("--demo_seconds", type=float, default=60.0)
     ap.add_argument("--group_size", type=int, default=128, help="int4 group size (at most; see above)")
+    ap.add_argument("--lowrank_sparsity", type=float, default=0.2, help="share of the blocks' weights lowrank removes")
     ap.add_argument("--calibration_tokens", type=int, default=20000, help="training tokens to calibrate int4 on")
     args = ap.parse_args()
     if args.threads:
@@ -189,7 +199,12 @@ def main() -> None:
                top1_agreement_int4=round(figures["top1_agreement_int4"], 4),
                top1_agreement_int4_plain=round(figures["top1_agreement_int4_plain"], 4),
                ppl_int4=round(figures["ppl_int4"], 3), ppl_int4_plain=round(figures["ppl_int4_plain"], 3),
-               int4_group_size_quality=figures["int4_group_size_quality"], threads=torch.get_num_threads())
+               int4_group_size_quality=figures["int4_group_size_quality"], threads=torch.get_num_threads(),
+               dynamic_int8_vs_fp32_eager=round(speed["dynamic_int8"] / speed["fp32"], 3),
+               ppl_ratio_dynamic_int8=round(figures["ppl_dynamic_int8"] / figures["ppl_fp32"], 4),
+               top1_agreement_dynamic_int8=round(figures["top1_agreement_dynamic_int8"], 4),
+               ppl_ratio_lowrank=round(figures["ppl_lowrank"] / figures["ppl_fp32"], 4),
+               ppl_ratio_lowrank_plain_svd=round(figures["ppl_lowrank_plain"] / figures["ppl_fp32"], 4))
     print(json.dumps(out))
 
 

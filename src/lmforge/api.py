@@ -174,14 +174,17 @@ def quantize(run_dir: str | Path, out: str | Path, *, method: str = "int8", over
 
 
 def prune(run_dir: str | Path, out: str | Path, *, method: str = "structured", sparsity: float = 0.3,
-          importance: str = "magnitude", recover_steps: int = 0, overwrite: bool = False) -> dict:
+          importance: str = "magnitude", recover_steps: int = 0, overwrite: bool = False, whiten: bool = True,
+          calibration: str | Path | None = None) -> dict:
     """Write a pruned copy of the run in `run_dir` to `out`. `method="structured"` removes `sparsity` of each
     layer's attention heads (encoders) and MLP neurons, ranked by `importance` ("magnitude", or "taylor" on
-    the run's training data), and `out` loads as the smaller model; `method="magnitude"` zeroes that fraction
-    of the blocks' weights. `recover_steps` > 0 fine-tunes the pruned model that many steps on the run's own
+    the run's training data), and `out` loads as the smaller model; `method="lowrank"` factorises the blocks'
+    linear layers to remove that fraction of their weights, whitened by their inputs on the run's training
+    examples or on `calibration` text (language models), or by plain SVD when not `whiten`;
+    `method="magnitude"` zeroes that fraction of the blocks' weights. `recover_steps` > 0 fine-tunes the pruned model that many steps on the run's own
     recipe, its head kept. Returns the summary (parameters and bytes before and after)."""
     return prune_run(run_dir, out, method=method, sparsity=sparsity, importance=importance,
-                     recover_steps=recover_steps, overwrite=overwrite)
+                     recover_steps=recover_steps, overwrite=overwrite, whiten=whiten, calibration=calibration)
 
 
 def distill(teacher: str | Path, out: str | Path, *, student: str = "half", distill: DistillConfig | None = None,

@@ -91,6 +91,9 @@ def test_a_recovery_start_keeps_the_head_weights_it_starts_from(run, tmp_path):
     (["{run}", "--out", "{tmp}/taken"], "already exists"),
     (["{root}/nowhere", "--out", "{tmp}/again"], "is not a run directory"),
     (["{run}", "--out", "{tmp}/again", "--recover_steps", "-1"], "--recover_steps must be 0 or more"),
+    (["{run}", "--out", "{tmp}/again", "--calibration", "{root}/train.txt"], "applies to --method lowrank"),
+    (["{run}", "--out", "{tmp}/again", "--method", "lowrank", "--calibration", "{root}/train.txt"],
+     "needs a language-model run"),
 ])
 def test_mistakes_are_one_line_errors_that_leave_no_output(run, tmp_path, capsys, args, message):
     (tmp_path / "taken").mkdir()
@@ -103,17 +106,41 @@ def test_mistakes_are_one_line_errors_that_leave_no_output(run, tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def _logits(run_dir, batch) -> torch.Tensor:
+    net, _ = load_task_run(run_dir)
+    with torch.no_grad():
+        return net.eval()(batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def test_a_low_rank_run_is_factorised_whitening_beats_plain_svd_and_it_recovers(run, tmp_path):
+    whitened = lf.prune(run / "run", tmp_path / "w", method="lowrank", sparsity=0.3)
+    plain = lf.prune(run / "run", tmp_path / "p", method="lowrank", sparsity=0.3, whiten=False)
+    assert whitened["removed_fraction"]["block_parameters"] == pytest.approx(0.3, abs=0.03)
+    assert whitened["pruning"]["whitened"] and not plain["pruning"]["whitened"]
+    _, task = load_task_run(run / "run")
+    batch = task.collate(task.encode_all(task.read(str(run / "train.txt"))[:64]))
+    original = _logits(run / "run", batch)
+    error = {name: float((_logits(tmp_path / name, batch) - original).pow(2).mean()) for name in ("w", "p")}
+    assert error["w"] < error["p"], error
+    assert lf.predict(tmp_path / "w", str(run / "train.txt"), output=str(tmp_path / "w.jsonl")) == 240
+    recovered = lf.prune(run / "run", tmp_path / "r", method="lowrank", sparsity=0.3, recover_steps=10)
+    assert recovered["recovered"]["value"] is not None
+    assert "low_rank" in json.loads((tmp_path / "r" / "config.json").read_text())
+    with pytest.raises(SystemExit):
+        main(["prune", str(tmp_path / "w"), "--out", str(tmp_path / "again")])
+
+
 def test_a_student_from_half_the_teacher_learns_from_it(run, tmp_path):
     result = lmforge("distill", "--teacher", run / "run", "--student", "half", "--train.max_steps", "30",
                      "--train.batch_size", "16", "--train.lr", "2e-3", "--train.progress", "false",
-                     "--distill.temperature", "2", "--out", tmp_path / "s")
+                     "--distill.temperature", "2", "--distill.hidden_weight", "0.5", "--out", tmp_path / "s")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     record = summary["distillation"]
     assert record["student_parameters"] < record["teacher_parameters"] and record["temperature"] == 2.0
     assert summary["accuracy"] >= 0.9 and "head kept" in summary["start"]
     logged = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
-    assert any("train_kd" in row and "train_cls" in row for row in logged)  # both terms trained and logged
+    assert any("train_kd" in row and "train_cls" in row and "train_hidden" in row for row in logged)  # all terms
     net, _ = load_task_run(tmp_path / "s")
     assert net.backbone.config.n_layer == 1
     assert lf.predict(tmp_path / "s", str(run / "train.txt"), output=str(tmp_path / "s.jsonl")) == 240

@@ -97,3 +97,55 @@ def test_a_student_from_chosen_layers_computes_the_teacher_with_only_those_block
 def test_bad_layer_lists_are_refused(spec, message):
     with pytest.raises(ConfigError, match=message):
         parse_layers(spec, 4)
+
+
+class _Classifier:
+    """A minimal classification objective over a TaskModel: summed cross-entropy per example."""
+    label_key = "class_labels"
+
+    def counts(self, batch):
+        return {"cls": torch.tensor(batch["class_labels"].numel())}
+
+    def __call__(self, model, batch):
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        return {"cls": F.cross_entropy(logits, batch["class_labels"], reduction="sum")}
+
+
+def test_the_hidden_state_term_matches_block_outputs_computed_from_truncated_models():
+    torch.manual_seed(0)
+    backbone = preset_config("bert-debug", vocab_size=50, n_layer=4, dropout=0.0)
+    teacher = TaskModel(TaskModelConfig(backbone=backbone.to_dict(), labels=["a", "b"], classifier_dropout=0.0)).eval()
+    student = keep_layers(teacher, [0, 2]).eval()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
+    batch = {"input_ids": torch.randint(1, 50, (2, 6), generator=torch.Generator().manual_seed(3)) * mask,
+             "attention_mask": mask, "class_labels": torch.tensor([0, 1])}
+    objective = DistillationObjective(_Classifier(), teacher, alpha=0.5, hidden_weight=2.0)
+    terms = objective(student, batch)
+    assert objective.counts(batch)["hidden"] == 2
+
+    def after(model, blocks):  # the output of the model's first `blocks` blocks, by a truncated copy
+        return keep_layers(model, list(range(blocks))).backbone.features(batch["input_ids"], mask)
+
+    expected = 0.0
+    with torch.no_grad():
+        for i, j in ((0, 1), (1, 3)):  # student block i is matched with teacher block round((i+1)*4/2)-1
+            error = (after(student, i + 1) - after(teacher, j + 1)).pow(2).mean(-1)[mask.bool()]
+            expected += float(error.sum())
+    assert float(terms["hidden"].detach()) == pytest.approx(2.0 * expected * 2 / int(mask.sum()), rel=1e-5)
+    terms["hidden"].backward()
+    assert student.backbone.blocks[0].mlp.up.weight.grad is not None
+
+
+def test_hidden_states_of_different_widths_are_refused():
+    torch.manual_seed(0)
+    wide = preset_config("bert-debug", vocab_size=50, n_layer=2, dropout=0.0)
+    narrow = preset_config("bert-debug", vocab_size=50, n_layer=2, n_embd=32, n_head=2, dropout=0.0)
+    teacher = TaskModel(TaskModelConfig(backbone=wide.to_dict(), labels=["a", "b"]))
+    student = TaskModel(TaskModelConfig(backbone=narrow.to_dict(), labels=["a", "b"]))
+    batch = {"input_ids": torch.ones(1, 4, dtype=torch.long), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "class_labels": torch.tensor([1])}
+    with pytest.raises(ConfigError, match="needs the student's width"):
+        DistillationObjective(_Classifier(), teacher, hidden_weight=1.0)(student, batch)

@@ -161,7 +161,8 @@ def _quantize(args, sections) -> None:
 
 def _prune(args, sections) -> None:
     summary = api.prune(args.run, args.out, method=args.method, sparsity=args.sparsity, importance=args.importance,
-                        recover_steps=args.recover_steps, overwrite=args.overwrite)
+                        recover_steps=args.recover_steps, overwrite=args.overwrite, whiten=args.whiten,
+                        calibration=args.calibration)
     before, after = summary["before"]["parameters"], summary["after"]["parameters"]
     recovered = summary.get("recovered")
     tail = f", {recovered['main_metric']} {recovered['value']:.4f} after {summary['recover_steps']} recovery steps" \

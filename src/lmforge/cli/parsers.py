@@ -22,17 +22,17 @@ def verb_parser(description: str) -> ArgumentParser:
                           allow_abbrev=False)
 
 
-def sampling_arguments(p: ArgumentParser) -> None:
-    hints, defaults = get_type_hints(SamplingParams), SamplingParams()
-    for f in fields(SamplingParams):
+def dataclass_arguments(p: ArgumentParser, cls) -> None:
+    hints, defaults = get_type_hints(cls), cls()
+    for f in fields(cls):
         p.add_argument(f"--{f.name}", type=hints[f.name], default=getattr(defaults, f.name))
 
 
 def fine_tuning_sections(p: ArgumentParser) -> None:
-    """The recipe sections of a fine-tuning run: --data.*, --model.*, --method.*, --train.* and the rest."""
     for cls, name in ((TaskDataConfig, "data"), (StartConfig, "model"), (MethodConfig, "method"), (TrainConfig, "train"),
                       (BalanceConfig, "balance"), (AugmentConfig, "augment"), (DecodeConfig, "decode")):
         p.add_class_arguments(cls, name)
+    p.add_argument("--out", required=True, help="run directory to create")
 
 
 def prepare_parser() -> ArgumentParser:
@@ -75,9 +75,8 @@ def finetune_parser() -> ArgumentParser:
                 "writes a run directory whose summary.json holds the validation metrics.")
     p.add_argument("--config", action=ActionConfigFile, help="YAML recipe (see configs/finetune/)")
     p.add_argument("--task", required=True, help="classify, ner, qa, translate, summarize or chat")
-    fine_tuning_sections(p)
     p.add_class_arguments(PrivacyConfig, "privacy")
-    p.add_argument("--out", required=True, help="run directory to create")
+    fine_tuning_sections(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     return p
 
@@ -93,22 +92,16 @@ def distill_parser() -> ArgumentParser:
     p.add_argument("--task", default=None, help="ignored: the teacher's task (accepted so recipes can be reused)")
     p.add_class_arguments(DistillConfig, "distill")
     fine_tuning_sections(p)
-    p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
 
 
 def federate_parser() -> ArgumentParser:
-    p = verb_parser("Fine-tune across clients that keep their data (federated learning with Flower): a server and one "
-                    "client process per shard on this machine; writes a run directory with the global model.")
+    p = verb_parser("Fine-tune across clients that keep their data (federated learning with Flower, see FederateConfig).")
     p.add_argument("--config", action=ActionConfigFile, help="YAML fine-tuning recipe (see configs/finetune/)")
     p.add_argument("--task", required=True, help="classify, ner, qa, translate, summarize or chat")
-    # --clients, --rounds, --strategy, --partition, --alpha, ...: see FederateConfig for what each means
-    hints, defaults = get_type_hints(FederateConfig), FederateConfig()
-    for f in fields(FederateConfig):
-        p.add_argument(f"--{f.name}", type=hints[f.name], default=getattr(defaults, f.name))
+    dataclass_arguments(p, FederateConfig)
     fine_tuning_sections(p)
-    p.add_argument("--out", required=True, help="run directory to create")
     return p
 
 
@@ -116,8 +109,7 @@ def predict_parser() -> ArgumentParser:
     p = verb_parser("Apply a fine-tuned run to examples; writes one JSON object per example, in input order.")
     p.add_argument("--model", required=True, help="run directory written by `lmforge finetune`")
     p.add_argument("--input", required=True, help="file in any format the task reads, or - for standard input")
-    p.add_argument("--format", default=None, help="input format (default: the one the run was trained on, "
-                                                  "else detected)")
+    p.add_argument("--format", default=None, help="input format (default: the run's own, else detected)")
     p.add_argument("--target", default=None, help="parallel text: ignored target file (accepted for symmetry)")
     p.add_argument("--output", default="-", help="JSONL file to write (- for standard output)")
     p.add_argument("--batch_size", type=int, default=32)
@@ -137,7 +129,7 @@ def generate_parser() -> ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="CPU, GPT family: compile the decode step into one graph first (tens of seconds), "
                         "then decode about 2.5x faster; pays off for long or many generations")
-    sampling_arguments(p)
+    dataclass_arguments(p, SamplingParams)
     return p
 
 
@@ -146,7 +138,7 @@ def chat_parser() -> ArgumentParser:
     p.add_argument("--model", required=True, help="run directory")
     p.add_argument("--system", type=str | None, default=None)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
-    sampling_arguments(p)
+    dataclass_arguments(p, SamplingParams)
     return p
 
 
@@ -222,9 +214,10 @@ def presets_parser() -> ArgumentParser:
 
 
 def quantize_parser() -> ArgumentParser:
-    p = verb_parser("Quantize a run's linear layers (int8: one scale per output channel; int4: a scale and zero "
-                    "point per group of input columns) into a new run directory that generate, chat, predict, serve "
-                    "and eval read like any run.")
+    p = verb_parser("Quantize a run's linear layers (int8: one scale per output channel; dynamic-int8: the same "
+                    "weights times activations quantized to int8 as it runs, fastest for encoders on x86; int4: a "
+                    "scale and zero point per group of input columns) into a new run directory that generate, chat, "
+                    "predict, serve and eval read like any run.")
     p.add_argument("run", help="run directory to quantize")
     p.add_argument("--method", default="int8", choices=list(QUANTIZATION_METHODS), help="quantization method")
     p.add_argument("--group_size", type=int | None, default=None,
@@ -238,16 +231,23 @@ def quantize_parser() -> ArgumentParser:
 
 def prune_parser() -> ArgumentParser:
     p = verb_parser("Prune a run into a new run directory: structured pruning removes attention heads and MLP "
-                    "neurons (smaller tensors, a smaller and faster model); magnitude pruning zeroes the smallest "
+                    "neurons (smaller tensors, a smaller and faster model); lowrank factorises the blocks' linear "
+                    "layers (whitened by their inputs, or plain SVD); magnitude pruning zeroes the smallest "
                     "weights (for comparison: no faster on dense kernels).")
     p.add_argument("run", help="run directory to prune (a fine-tuned or pretrained BERT, GPT or Llama run)")
     p.add_argument("--method", default="structured", choices=list(PRUNE_METHODS), help="pruning method")
     p.add_argument("--sparsity", type=float, default=0.3,
                    help="fraction of each layer's heads and MLP neurons (structured) or of the blocks' weights "
-                        "(magnitude) to remove, between 0 and 1")
+                        "(magnitude, lowrank) to remove, between 0 and 1")
     p.add_argument("--importance", default="magnitude", choices=list(PRUNE_IMPORTANCE),
                    help="structured: rank units by their weights' magnitude, or by a first-order (Taylor) estimate "
                         "of the loss change on the run's training data (fine-tuned runs)")
+    p.add_argument("--whiten", type=bool, default=True,
+                   help="lowrank: weight the factorisation by the layers' inputs on calibration data (false: plain "
+                        "SVD)")
+    p.add_argument("--calibration", type=str | None, default=None,
+                   help="lowrank on a language model: a text file to whiten with (fine-tuned runs use their own "
+                        "training examples)")
     p.add_argument("--recover_steps", type=int, default=0,
                    help="fine-tune the pruned model this many steps on the run's own recipe (fine-tuned runs)")
     p.add_argument("--out", required=True, help="run directory to create; written whole or not at all")

@@ -14,7 +14,8 @@ input by them, so it computes the same function apart from rounding.
 On CPU the product is computed in bfloat16 (with fp32 activations PyTorch's kernel runs 20-70x slower):
 - for a few rows (decoding) in `aten._weight_int4pack_mm_for_cpu`, which needs the output width padded to
   a multiple of 16 (done in the kernel copy, the padding sliced off) and a group size of 32, 64, 128 or 256;
-- for many rows the weight is dequantized to bfloat16 and multiplied with `F.linear`, which is faster there.
+- for many rows the weight is dequantized to bfloat16 and multiplied with `F.linear`, which is faster there
+  (in fp32 on CPUs without native bfloat16, where a bfloat16 matmul is 10x slower: see lmforge.device.cpu_has_native_bf16).
 On other devices the weight is dequantized and multiplied in the activations' dtype.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from lmforge.device import cpu_has_native_bf16
 
 # The group sizes PyTorch's CPU int4 kernel accepts (torch 2.13).
 GROUP_SIZES = (32, 64, 128, 256)
@@ -85,6 +88,8 @@ def kernel_operands(values: torch.Tensor, scales: torch.Tensor,
 
 def int4_matmul(x2d: torch.Tensor, layer: "Int4Linear") -> torch.Tensor:
     """x2d (M, K) @ the layer's dequantized weight.T -> (M, N) in x2d's dtype, computed in bfloat16 (CPU)."""
+    if x2d.shape[0] > PACKED_KERNEL_MAX_ROWS and x2d.dtype == torch.float32 and not cpu_has_native_bf16():
+        return F.linear(x2d, dequantize_groups(unpack_nibbles(layer.weight_int4), layer.scales, layer.zeros))
     x = x2d.to(KERNEL_DTYPE).contiguous()
     if x.shape[0] <= PACKED_KERNEL_MAX_ROWS:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, layer.kernel_weight, layer.group_size,

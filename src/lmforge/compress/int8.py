@@ -11,7 +11,8 @@ quarter of the bytes is most of the speed-up. On CPU the product is computed in 
   runs several times slower than an fp32 matmul, hence the bfloat16 rounding of the activations;
 - for many rows (a prompt, a perplexity window, a batch to classify) the kernel is slower than a plain
   matmul, so the int8 weight is converted to bfloat16 and multiplied with `F.linear`, which is then
-  2-4x faster than fp32 (measured on a Xeon with AMX; see benchmarks/quantize.py).
+  2-4x faster than fp32 (measured on a Xeon with AMX; see benchmarks/quantize.py). On CPUs without
+  native bfloat16 that matmul is 10x slower than fp32, so there the weight is converted to fp32.
 The result is cast back to the activations' dtype. On other devices the weight is dequantized and
 multiplied in the activations' dtype, which saves memory but not time.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from lmforge.device import cpu_has_native_bf16
 
 # The packed kernel's fast path: activations and scales in this dtype (float16 also runs, unless given).
 KERNEL_DTYPE = torch.bfloat16
@@ -48,13 +51,17 @@ def dequantize(weight_int8: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 
 def int8_matmul(x2d: torch.Tensor, weight_int8: torch.Tensor, kernel_scales: torch.Tensor) -> torch.Tensor:
-    """x2d (M, K) @ dequantized weight.T -> (M, N) in x2d's dtype, computed in half precision (CPU).
+    """x2d (M, K) @ dequantized weight.T -> (M, N) in x2d's dtype, computed in half precision (CPU), or for
+    many fp32 rows on a CPU without native bfloat16 in fp32 (see lmforge.device.cpu_has_native_bf16).
 
     `kernel_scales` (N,) are in the compute dtype: x2d's own when it is half precision, else bfloat16."""
+    packed = x2d.shape[0] <= PACKED_KERNEL_MAX_ROWS and x2d.shape[1] % PACKED_KERNEL_K_MULTIPLE == 0
+    if not packed and x2d.dtype == torch.float32 and not cpu_has_native_bf16():
+        return F.linear(x2d, weight_int8.to(torch.float32)) * kernel_scales.to(torch.float32)
     compute = x2d.dtype if x2d.dtype in _HALF_DTYPES else KERNEL_DTYPE
     scales = kernel_scales if kernel_scales.dtype == compute else kernel_scales.to(compute)
     x = x2d.to(compute).contiguous()
-    if x.shape[0] <= PACKED_KERNEL_MAX_ROWS and x.shape[1] % PACKED_KERNEL_K_MULTIPLE == 0:
+    if packed:
         y = torch.ops.aten._weight_int8pack_mm(x, weight_int8, scales)
     else:
         y = F.linear(x, weight_int8.to(compute)) * scales

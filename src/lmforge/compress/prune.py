@@ -27,7 +27,7 @@ from lmforge.models.common.mlp import MLP
 from lmforge.models.heads import TaskModel, block_lists
 from lmforge.models.registry import traits_of
 
-PRUNE_METHODS = ("structured", "magnitude")
+PRUNE_METHODS = ("structured", "magnitude", "lowrank")
 IMPORTANCE = ("magnitude", "taylor")
 
 

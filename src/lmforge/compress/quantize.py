@@ -1,6 +1,7 @@
 """Quantizing a model's linear layers, and rebuilding a quantized model before its weights load.
 
     record = apply_quantization(model, "int8")   # in place: every nn.Linear -> Int8Linear
+    record = apply_quantization(model, "dynamic-int8")  # or -> DynamicInt8Linear (int8 activations too)
     record = apply_quantization(model, "int4", group_size=128, calibration=windows)  # or -> Int4Linear
     save_model(model, out)                        # config.json keeps `record` under "quantization"
     load_model(out)                               # rebuilds the same modules, then loads the weights
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.compress.calibrate import collect_input_stats, search_input_scales
+from lmforge.compress.dynamic_int8 import DynamicInt8Linear
 from lmforge.compress.int4 import DEFAULT_GROUP_SIZE, GROUP_SIZES, Int4Linear
 from lmforge.compress.int8 import Int8Linear
 from lmforge.errors import CheckpointError, ConfigError
@@ -43,6 +45,11 @@ def _empty_int8(linear: nn.Linear, record: dict) -> Int8Linear:
                       device=linear.weight.device, dtype=linear.weight.dtype)
 
 
+def _empty_dynamic_int8(linear: nn.Linear, record: dict) -> DynamicInt8Linear:
+    return DynamicInt8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                             device=linear.weight.device, dtype=linear.weight.dtype)
+
+
 def _quantize_int4(linear: nn.Linear, settings: dict) -> Int4Linear:
     return Int4Linear.from_linear(linear, settings["group_size"], settings.get("input_scales"))
 
@@ -58,6 +65,11 @@ METHODS: dict[str, QuantizationMethod] = {
     "int8": QuantizationMethod(lambda linear, settings: Int8Linear.from_linear(linear), _empty_int8,
                                {"bits": 8, "symmetric": True, "granularity": "per output channel",
                                 "tensors": "<module>.weight_int8 (N, K) int8, <module>.scales (N,)"}),
+    "dynamic-int8": QuantizationMethod(lambda linear, settings: DynamicInt8Linear.from_linear(linear),
+                                       _empty_dynamic_int8,
+                                       {"bits": 8, "symmetric": True, "granularity": "per output channel; "
+                                        "activations: int8, one scale per call, quantized as the layer runs",
+                                        "tensors": "<module>.weight_int8 (N, K) int8, <module>.scales (N,)"}),
     "int4": QuantizationMethod(_quantize_int4, _empty_int4,
                                {"bits": 4, "symmetric": False, "granularity": "per output channel and group of "
                                 "group_size input columns", "tensors": "<module>.weight_int4 (N, K/2) uint8, two "

@@ -10,7 +10,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from lmforge.atomic import atomic_directory
-from lmforge.compress import quantization_of
+from lmforge.compress import LOW_RANK_KEY, quantization_of
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.interop.architectures import export_architecture
 from lmforge.interop.folder import is_hf_folder, read_hf_config, read_hf_weights
@@ -115,10 +115,14 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool
     if to == "hf":
         if is_hf:
             raise ConfigError(f"{src} is already a Hugging Face model folder", "pass --to lmforge to import it")
-        done = quantization_of(json.loads((src / "config.json").read_text()))
+        raw = json.loads((src / "config.json").read_text())
+        done = quantization_of(raw)
         if done:
             raise ConfigError(f"{src} is quantized ({done.get('method')}); a Hugging Face folder holds float weights",
                               "convert the run it was quantized from")
+        if raw.get(LOW_RANK_KEY):
+            raise ConfigError(f"{src} is factorised (low rank); a Hugging Face folder holds full weight matrices",
+                              "convert the run it was factorised from")
         model, name = _to_hf(src, dst, overwrite)
         absent: list[str] = []
     else:

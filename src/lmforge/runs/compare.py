@@ -46,7 +46,7 @@ from lmforge.train.budget import TimeBudget
 from lmforge.train.objectives import token_cross_entropy_sum
 from lmforge.train.optim import build_optimizer
 from lmforge.train.precision import autocast, cpu_has_native_bf16, resolve_precision
-from lmforge.train.trainer import read_metrics
+from lmforge.train.metrics_log import read_metrics
 
 DEFAULT_MODELS = ("ngram-5", "rnn-small", "lstm-small", "gru-small", "gpt-char-small")
 

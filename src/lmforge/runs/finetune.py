@@ -22,6 +22,7 @@ import torch
 from lmforge.atomic import save_safetensors_atomic, write_json_atomic
 from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, PrivacyConfig, StartConfig,
                             TaskDataConfig, TrainConfig)
+from lmforge.compress import carry_low_rank
 from lmforge.data.splits import carve_split
 from lmforge.errors import ConfigError, DataError
 from lmforge.models.heads import TaskModel, TaskModelConfig
@@ -159,6 +160,7 @@ def _build_job(cls: type[Task], settings: TaskSettings, start: StartConfig, trai
     net = TaskModel(TaskModelConfig(task=cls.name, head=cls.head, backbone=backbone.config.to_dict(),
                                     labels=task.labels, classifier_dropout=start.classifier_dropout,
                                     extra=dict(task.extra)), backbone=backbone)
+    carry_low_rank(backbone, net, "", "backbone.")
     if keep_head_of_start(start, net):
         source += f", its {cls.name} head kept"
     sizes = apply_method(net, method)

@@ -20,7 +20,8 @@ from lmforge.config import PrivacyConfig, TrainConfig, to_yaml
 from lmforge.errors import ConfigError
 from lmforge.parallel import DistInfo, broadcast_object, init_distributed, shutdown_distributed
 from lmforge.runs.rundir import check_run_dir
-from lmforge.train.trainer import Trainer, plot_losses
+from lmforge.train.metrics_log import plot_losses
+from lmforge.train.trainer import Trainer
 
 
 @dataclass

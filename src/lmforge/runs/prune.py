@@ -1,11 +1,15 @@
-"""`lmforge prune RUN --method structured|magnitude --sparsity S [--recover_steps N] --out RUN_P`.
+"""`lmforge prune RUN --method structured|magnitude|lowrank --sparsity S [--recover_steps N] --out RUN_P`.
 
 RUN_P is a run directory like RUN's: config.yaml and tokenizer.json copied, model.safetensors and
 config.json of the pruned model (a structurally pruned one records each layer's heads and MLP width
-and loads as the smaller model), and summary.json with the parameters and bytes before and after.
+and loads as the smaller model; a factorised one records each layer's rank), and summary.json with the parameters and bytes before and after.
 With `--recover_steps N` the pruned model is fine-tuned N more steps on the run's own training data
 (its head kept) through `lmforge finetune`, and RUN_P is that recovered run. RUN_P is written whole
 or not at all.
+
+`--method lowrank` factorises the blocks' linear layers, whitened by their inputs on calibration data
+(a fine-tuned run's own training examples, or `--calibration FILE` text for a language model), or by
+plain SVD with `--whiten false`.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch.nn as nn
 import yaml
 
 from lmforge.atomic import atomic_directory, write_json_atomic
+from lmforge.compress import LOW_RANK_KEY, apply_low_rank, input_gram
 from lmforge.compress.prune import (IMPORTANCE, PRUNE_METHODS, block_linears, check_sparsity,
                                     magnitude_importance, prune_magnitude, prune_structured, taylor_importance)
 from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, StartConfig, TaskDataConfig,
@@ -25,22 +30,32 @@ from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodCo
 from lmforge.errors import ConfigError
 from lmforge.models.registry import load_model, save_model
 from lmforge.runs.finetune import finetune
-from lmforge.runs.quantize import COPIED_FILES, check_derived_out, check_plain_run, weight_bytes
-from lmforge.runs.rundir import is_task_model, load_task_run
+from lmforge.runs.quantize import (COPIED_FILES, calibration_windows, check_derived_out, check_plain_run,
+                                   read_calibration, weight_bytes)
+from lmforge.runs.rundir import is_task_model, load_task_run, read_model_config
 from lmforge.runs.starts import resolve_data_path
 
 # Taylor importance: this many training batches of this many examples.
 TAYLOR_BATCHES = 16
 TAYLOR_BATCH_SIZE = 16
+# Whitening a language model: this many windows of the calibration text (each at most 256 tokens).
+LOW_RANK_WINDOWS = 32
 
 
 def prune_run(run_dir: str | Path, out: str | Path, *, method: str = "structured", sparsity: float = 0.3,
-              importance: str = "magnitude", recover_steps: int = 0, overwrite: bool = False) -> dict:
+              importance: str = "magnitude", recover_steps: int = 0, overwrite: bool = False,
+              whiten: bool = True, calibration: str | Path | None = None) -> dict:
     """Write a pruned copy of the run in `run_dir` to `out` (see the module docstring); returns its summary."""
     started = time.perf_counter()
     _check_options(method, sparsity, importance, recover_steps)
+    if calibration is not None and not (method == "lowrank" and whiten):
+        raise ConfigError("--calibration applies to --method lowrank with whitening",
+                          "leave --calibration out, or pass --method lowrank")
     run_dir = check_plain_run(Path(run_dir), "prune")
+    if read_model_config(run_dir).get(LOW_RANK_KEY):
+        raise ConfigError(f"{run_dir} is already factorised (low rank)", "prune the run it was made from")
     out = check_derived_out(run_dir, Path(out), overwrite)
+    text = read_calibration(Path(calibration)) if calibration is not None else None
     model = load_model(run_dir)
     if is_task_model(model) and model.config.lora:
         model.backbone = model.plain_backbone()
@@ -53,6 +68,8 @@ def prune_run(run_dir: str | Path, out: str | Path, *, method: str = "structured
     if method == "structured":
         scores = (_taylor_scores(model, run_dir) if importance == "taylor" else magnitude_importance(model))
         record = prune_structured(model, sparsity, scores)
+    elif method == "lowrank":
+        record = _low_rank(model, run_dir, sparsity, whiten, text)
     else:
         record = prune_magnitude(model, sparsity)
     summary = {"source": str(run_dir), "pruning": {"method": method, "sparsity": sparsity,
@@ -70,6 +87,32 @@ def prune_run(run_dir: str | Path, out: str | Path, *, method: str = "structured
         summary["wall_seconds"] = round(time.perf_counter() - started, 3)
         write_json_atomic(tmp / "summary.json", summary)
     return summary
+
+
+def _low_rank(model: nn.Module, run_dir: Path, fraction: float, whiten: bool, text: str | None) -> dict:
+    """Factorise the blocks' linear layers, whitened by their inputs on the calibration data when `whiten`."""
+    targets = {id(m) for m in block_linears(model)}
+    layers = {name: m for name, m in model.named_modules() if id(m) in targets}
+    if not layers:
+        raise ConfigError(f"{type(model).__name__} has no transformer blocks to factorise", "prune a BERT, GPT, "
+                          "Llama or T5 run")
+    grams = input_gram(layers, _calibration_pass(model, run_dir, text)) if whiten else None
+    record = apply_low_rank(model, layers, fraction, grams)
+    return {"whitened": record["whitened"], "factorised_layers": len(record["ranks"])}
+
+
+def _calibration_pass(model: nn.Module, run_dir: Path, text: str | None):
+    """A function that runs `model` over calibration data: the run's training examples (fine-tuned runs) or
+    windows of `text` (language models)."""
+    model.eval()
+    if is_task_model(model) and text is None:
+        task, batches = _training_batches(run_dir)
+        return lambda: [task(model, batch) for batch in batches]
+    if text is None:
+        raise ConfigError("whitening a language model needs calibration text",
+                          "pass --calibration FILE (text like its training data), or --whiten false for plain SVD")
+    windows = calibration_windows(model, run_dir, text, count=LOW_RANK_WINDOWS)
+    return lambda: [model(batch) for batch in windows.split(4)]
 
 
 def _check_options(method: str, sparsity: float, importance: str, recover_steps: int) -> None:
@@ -105,13 +148,18 @@ def _recipe(run_dir: Path) -> dict:
     return recipe
 
 
-def _taylor_scores(model: nn.Module, run_dir: Path):
-    """Taylor importance over TAYLOR_BATCHES batches of the run's own training examples."""
+def _training_batches(run_dir: Path) -> tuple:
+    """(task, TAYLOR_BATCHES batches of the run's own training examples)."""
     _, task = load_task_run(run_dir)
     data = TaskDataConfig(**_recipe(run_dir)["data"])
     examples = task.read(resolve_data_path(data.train))[:TAYLOR_BATCHES * TAYLOR_BATCH_SIZE]
     features = task.encode_all(examples)
-    batches = [task.collate(features[i:i + TAYLOR_BATCH_SIZE]) for i in range(0, len(features), TAYLOR_BATCH_SIZE)]
+    return task, [task.collate(features[i:i + TAYLOR_BATCH_SIZE]) for i in range(0, len(features), TAYLOR_BATCH_SIZE)]
+
+
+def _taylor_scores(model: nn.Module, run_dir: Path):
+    """Taylor importance over TAYLOR_BATCHES batches of the run's own training examples."""
+    task, batches = _training_batches(run_dir)
 
     def loss(m: nn.Module, batch: dict) -> torch.Tensor:
         terms, counts = task(m, batch), task.counts(batch)

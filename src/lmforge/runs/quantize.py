@@ -43,13 +43,13 @@ def quantize_run(run_dir: str | Path, out: str | Path, *, method: str = "int8", 
     if (group_size is not None or calibration is not None) and not METHODS[method].grouped:
         raise ConfigError(f"--group_size and --calibration do not apply to --method {method}",
                           "use them with --method int4, or leave them out")
-    text = _read_calibration(Path(calibration)) if calibration is not None else None
+    text = read_calibration(Path(calibration)) if calibration is not None else None
     model = load_model(run_dir)
     if is_task_model(model) and model.config.lora:  # the adapters go into the weights before those are rounded
         model.backbone = model.plain_backbone()
         model.config.lora = None
     before = weight_bytes(model)
-    windows = _calibration_windows(model, run_dir, text) if text is not None else None
+    windows = calibration_windows(model, run_dir, text) if text is not None else None
     record = apply_quantization(model, method, group_size=group_size, calibration=windows)
     summary = {"source": str(run_dir), "quantization": {k: v for k, v in record.items() if k != "modules"},
                "quantized_layers": len(record["modules"]), "weight_bytes_before": before,
@@ -96,7 +96,7 @@ def weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in weights_for_saving(model).values())
 
 
-def _read_calibration(path: Path) -> str:
+def read_calibration(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(f"--calibration {path} is not a file", "pass a plain text file, e.g. some training text")
     try:
@@ -108,8 +108,9 @@ def _read_calibration(path: Path) -> str:
     return text
 
 
-def _calibration_windows(model: nn.Module, run_dir: Path, text: str) -> torch.Tensor:
-    """Up to CALIBRATION_WINDOWS windows (B, T) of `text`'s token ids, tokenized with the run's tokenizer."""
+def calibration_windows(model: nn.Module, run_dir: Path, text: str,
+                        count: int = CALIBRATION_WINDOWS) -> torch.Tensor:
+    """Up to `count` windows (B, T) of `text`'s token ids, tokenized with the run's tokenizer."""
     if is_task_model(model) or traits_of(model).structure != "decoder":
         raise ConfigError("--calibration needs a language-model run (a decoder such as GPT or Llama)",
                           "quantize this run without --calibration")
@@ -117,6 +118,6 @@ def _calibration_windows(model: nn.Module, run_dir: Path, text: str) -> torch.Te
         raise CheckpointError(f"{run_dir / 'tokenizer.json'} is missing", "calibrate a run that has its tokenizer")
     ids = torch.tensor(Tokenizer.load(run_dir).encode(text), dtype=torch.long)
     length = min(CALIBRATION_WINDOW_TOKENS, model.config.block_size, len(ids))
-    count = min(CALIBRATION_WINDOWS, len(ids) // length)
+    count = min(count, len(ids) // length)
     starts = torch.linspace(0, len(ids) - length, count).long().tolist()  # spread over the whole text
     return torch.stack([ids[s:s + length] for s in starts])

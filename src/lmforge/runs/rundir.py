@@ -13,7 +13,7 @@ from pathlib import Path
 import torch.nn as nn
 import yaml
 
-from lmforge.compress import quantization_of
+from lmforge.compress import carry_low_rank, quantization_of
 from lmforge.config import AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, TaskDataConfig
 from lmforge.data.tokenizers import Tokenizer
 from lmforge.errors import CheckpointError, ConfigError
@@ -140,7 +140,9 @@ def load_pretrained(path: Path) -> tuple[nn.Module, Tokenizer | None, dict]:
     if "family" in raw:
         model = load_model(path)
         if is_task_model(model):  # continue from a fine-tuned model: keep its backbone
-            model = model.plain_backbone()
+            backbone = model.plain_backbone()
+            carry_low_rank(model, backbone, "backbone.", "")
+            model = backbone
         return model.train(), Tokenizer.load(path), raw
     model, tokenizer = import_hf(path)
     return model.train(), tokenizer, raw

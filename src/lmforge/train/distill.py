@@ -3,7 +3,11 @@ frozen teacher's temperature-softened predictions (Hinton et al. 2015).
 
     loss = (1 - alpha) * hard + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
-The T^2 keeps the soft term's gradients on the scale of the hard term's as T grows. The objective
+The T^2 keeps the soft term's gradients on the scale of the hard term's as T grows. With
+`hidden_weight` > 0 a third term pulls the student's block outputs towards the teacher's (as in
+TinyBERT and PKD): student block i is matched with teacher block round((i + 1) L_t / L_s) - 1, so a
+student of every other layer learns what each pair of teacher layers computes; the mean squared error
+per token (over the attention mask) is summed over the matched blocks. It needs equal widths. The objective
 wraps the task's own (a classifier's or a tagger's): it runs that objective, reads the student's
 logits as they leave the model's forward, and calls the teacher with the very same inputs. Positions
 without a label (padding, a word's later pieces) carry no soft term either. Both terms are sums over
@@ -16,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
+from lmforge.models.heads import block_lists
 
 IGNORE_INDEX = -100
 
@@ -30,7 +35,8 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
 class DistillationObjective:
     """`objective` (a task with `label_key`, whose model returns logits) plus the teacher's soft targets."""
 
-    def __init__(self, objective, teacher: nn.Module, *, temperature: float = 2.0, alpha: float = 0.5):
+    def __init__(self, objective, teacher: nn.Module, *, temperature: float = 2.0, alpha: float = 0.5,
+                 hidden_weight: float = 0.0):
         if temperature <= 0:
             raise ConfigError(f"distill.temperature must be positive, got {temperature}", "pass e.g. 2.0")
         if not 0.0 <= alpha <= 1.0:
@@ -40,7 +46,9 @@ class DistillationObjective:
             raise ConfigError(f"distillation is not available for the {getattr(objective, 'name', '?')} task",
                               "distill a classification or tagging run")
         self.objective, self.teacher = objective, teacher.eval().requires_grad_(False)
-        self.temperature, self.alpha = temperature, alpha
+        if hidden_weight < 0:
+            raise ConfigError(f"distill.hidden_weight must be 0 or more, got {hidden_weight}", "pass e.g. 1.0")
+        self.temperature, self.alpha, self.hidden_weight = temperature, alpha, hidden_weight
 
     def __getattr__(self, name):  # everything else (evaluation, collation, labels) is the task's
         objective = self.__dict__.get("objective")
@@ -50,7 +58,8 @@ class DistillationObjective:
 
     def counts(self, batch: dict) -> dict[str, torch.Tensor]:
         counts = self.objective.counts(batch)
-        return {**counts, "kd": next(iter(counts.values()))}
+        units = next(iter(counts.values()))
+        return {**counts, "kd": units, **({"hidden": units} if self.hidden_weight else {})}
 
     def __call__(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         seen: dict = {}
@@ -58,16 +67,60 @@ class DistillationObjective:
         def capture(module, args, kwargs, output):
             seen.update(args=args, kwargs=kwargs, logits=output)
 
-        handle = model.register_forward_hook(capture, with_kwargs=True)
+        handles = [model.register_forward_hook(capture, with_kwargs=True)]
+        student_states, teacher_states = [], []
+        if self.hidden_weight:
+            handles += _record_block_outputs(model, student_states)
+            handles += _record_block_outputs(self.teacher, teacher_states)
         try:
             hard = self.objective(model, batch)
+            labels = batch[self.objective.label_key]
+            if next(self.teacher.parameters()).device != labels.device:
+                self.teacher.to(labels.device)
+            with torch.no_grad():
+                teacher_logits = self.teacher(*seen["args"], **seen["kwargs"])
         finally:
-            handle.remove()
-        labels = batch[self.objective.label_key]
-        if next(self.teacher.parameters()).device != labels.device:
-            self.teacher.to(labels.device)
-        with torch.no_grad():
-            teacher_logits = self.teacher(*seen["args"], **seen["kwargs"])
+            for handle in handles:
+                handle.remove()
         labelled = labels != IGNORE_INDEX  # (B,) or (B, T)
         kd = soft_target_kl(seen["logits"][labelled], teacher_logits[labelled], self.temperature)
-        return {**{t: (1.0 - self.alpha) * v for t, v in hard.items()}, "kd": self.alpha * kd}
+        terms = {**{t: (1.0 - self.alpha) * v for t, v in hard.items()}, "kd": self.alpha * kd}
+        if self.hidden_weight:
+            units = labelled.sum()
+            terms["hidden"] = self.hidden_weight * hidden_state_loss(student_states, teacher_states,
+                                                                     batch.get("attention_mask"), units)
+        return terms
+
+
+def matched_blocks(student_layers: int, teacher_layers: int) -> list[int]:
+    """The teacher block each student block's output is compared with."""
+    return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
+
+
+def hidden_state_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor | None,
+                      units: torch.Tensor) -> torch.Tensor:
+    """Sum over matched blocks of the mean squared error per token over `mask` (B, T), as a sum over `units`
+    (the task's labelled units, which the trainer divides by): hidden states (B, T, C) per block."""
+    if student[0].shape[-1] != teacher[0].shape[-1]:
+        raise ConfigError(f"hidden-state distillation needs the student's width ({student[0].shape[-1]}) to equal "
+                          f"the teacher's ({teacher[0].shape[-1]})",
+                          "leave --distill.hidden_weight at 0, or start the student from the teacher's layers")
+    keep = torch.ones(student[0].shape[:2], dtype=torch.bool, device=student[0].device) if mask is None \
+        else mask.bool()
+    total = student[0].new_zeros(())
+    for s, j in zip(student, matched_blocks(len(student), len(teacher))):
+        total = total + (s.float() - teacher[j].float()).pow(2).mean(-1)[keep].sum()
+    return total * units / keep.sum().clamp(min=1)
+
+
+def _record_block_outputs(model: nn.Module, into: list) -> list:
+    bare = getattr(model, "module", model)  # under DDP, the model it wraps
+    blocks = [b for stack in block_lists(getattr(bare, "backbone", bare)) for b in stack]
+    if not blocks:
+        raise ConfigError(f"{type(model).__name__} has no transformer blocks to match hidden states of",
+                          "leave --distill.hidden_weight at 0")
+
+    def record(module, args, output):
+        into.append(output[0] if isinstance(output, tuple) else output)
+
+    return [b.register_forward_hook(record) for b in blocks]

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 
+from lmforge.device import cpu_has_native_bf16
 from lmforge.errors import ConfigError
+
+__all__ = ["resolve_precision", "cpu_has_native_bf16", "autocast", "grad_scaler"]
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -24,17 +28,10 @@ def resolve_precision(name: str, device: torch.device) -> str:
         raise ConfigError("fp16 training needs a CUDA device", "use --train.precision bf16 or fp32 on CPU")
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU does not support bf16", "use --train.precision fp16 or fp32")
+    if name == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        print("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 is emulated and several times "
+              "slower than fp32 here; pass --train.precision fp32", file=sys.stderr)
     return name
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where bf16 matmuls run at
-    about twice the fp32 rate."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    try:
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    except RuntimeError:
-        return False
 
 
 def autocast(precision: str, device: torch.device):

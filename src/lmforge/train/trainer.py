@@ -9,7 +9,6 @@ checkpoint, so an interrupted run ends with exactly the weights of an uninterrup
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,14 +19,14 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from lmforge.atomic import atomic_path
 from lmforge.config import PrivacyConfig, TrainConfig
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
-from lmforge.models.registry import tied_keys
+from lmforge.models.registry import applied_transforms, tied_keys
 from lmforge.parallel import (DistInfo, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_ddp,
                               apply_fsdp, clip_grad_norm, full_state, is_sharded, load_full_state, skip_gradient_sync,
                               unwrap)
 from lmforge.train import checkpoint as ckpt
+from lmforge.train.metrics_log import LogWindow, MetricsLog
 from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
 from lmforge.train.precision import autocast, grad_scaler, resolve_precision
@@ -154,13 +153,13 @@ class Trainer:
         if resume:
             self._resume()
         cfg, st = self.cfg, self.state
-        metrics = _MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main, truncate_after=st.step)
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main, truncate_after=st.step)
         if st.step == 0 and self.evaluate_fn is not None and st.initial_val_loss is None:
             figures = self._evaluate()
             st.initial_val_loss = figures["val_loss"]
             metrics.write({"step": 0, **figures})
         bar = _progress(cfg, st.step, enabled=self.dist.is_main and cfg.progress)
-        start_wall, start_seconds, window = time.perf_counter(), st.wall_seconds, _LogWindow()
+        start_wall, start_seconds, window = time.perf_counter(), st.wall_seconds, LogWindow()
         self.stop_reason = "max_steps"
         threads_before = torch.get_num_threads()
         if isinstance(cfg.threads, int):
@@ -208,7 +207,7 @@ class Trainer:
         return self.summary()
 
     # ------------------------------------------------------------------ pieces
-    def _log(self, metrics: "_MetricsLog", bar, window: "_LogWindow") -> None:
+    def _log(self, metrics: MetricsLog, bar, window: LogWindow) -> None:
         st = self.state
         mean_loss, tps = window.close()
         terms = {f"train_{t}": v for t, v in self.last_terms.items()} if len(self.last_terms) > 1 else {}
@@ -248,7 +247,9 @@ class Trainer:
         if not self.dist.is_main:
             return False
         weights = {k: v for k, v in weights.items() if k not in self.tied}
-        ckpt.write_checkpoint(path, weights, unwrap(self.model).config.to_dict(), optimizer_state, self._state_dict())
+        bare = unwrap(self.model)  # its config, with the record of any factorised layers it was built with
+        ckpt.write_checkpoint(path, weights, {**bare.config.to_dict(), **applied_transforms(bare)}, optimizer_state,
+                              self._state_dict())
         return True
 
     def save(self) -> Path | None:
@@ -325,44 +326,6 @@ def micro_batches_per_step(cfg: TrainConfig, dist: DistInfo) -> int:
     return cfg.global_batch_size // per_pass
 
 
-class _MetricsLog:
-    """Appends JSON lines; on resume drops lines logged after the checkpoint being resumed from."""
-
-    def __init__(self, path: Path, *, enabled: bool, truncate_after: int):
-        self.path, self.enabled = path, enabled
-        if enabled and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= truncate_after]
-            if truncate_after == 0:
-                kept = []
-            path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-class _LogWindow:
-    """Train loss (mean) and tokens/s since the last log line."""
-
-    def __init__(self):
-        self._reset()
-
-    def _reset(self) -> None:
-        self.tokens, self.loss, self.steps, self.start = 0, 0.0, 0, time.perf_counter()
-
-    def add(self, tokens: int, loss: float) -> None:
-        self.tokens, self.loss, self.steps = self.tokens + tokens, self.loss + loss, self.steps + 1
-
-    def close(self) -> tuple[float, float]:
-        """(mean loss, tokens per second) of the window, which then starts again."""
-        now = time.perf_counter()
-        figures = self.loss / max(self.steps, 1), self.tokens / max(now - self.start, 1e-9)
-        self._reset()
-        return figures
-
-
 def _resize(bar, total: int) -> None:
     if bar is not None and bar.total != total:
         bar.total = total
@@ -373,38 +336,3 @@ def _progress(cfg: TrainConfig, initial: int, *, enabled: bool):
     if not enabled:
         return None
     return tqdm(total=cfg.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def plot_losses(run_dir: str | Path) -> Path | None:
-    """plots/loss.png: train and validation loss against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-
-    records = read_metrics(run_dir)
-    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    if not train and not val:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train", lw=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation", ms=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(run_dir) / "plots" / "loss.png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out
