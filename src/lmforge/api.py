@@ -28,6 +28,7 @@ from lmforge.runs.compare import DEFAULT_MODELS, compare as compare_models
 from lmforge.runs.demo import DEMO_PROMPTS, demo
 from lmforge.runs.explain import explain as explain_run, explain_eval as explain_eval_run
 from lmforge.runs.export import export_run
+from lmforge.runs.federate import FederateConfig, federate
 from lmforge.runs.finetune import finetune as finetune_run
 from lmforge.runs.harness_eval import evaluate_harness as evaluate_harness_run
 from lmforge.runs.predict import pipeline, predict
@@ -47,8 +48,8 @@ __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "Dist
            "StartConfig", "TaskDataConfig", "TrainConfig", "PrivacyConfig", "DEMO_PROMPTS", "prepare", "pretrain",
            "finetune", "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare",
            "convert", "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill",
-           "compress_report", "export", "evaluate_harness", "prompt_eval", "prompt_generate",
-           "prompt_report", "explain", "explain_eval", "plan"]
+           "compress_report", "export", "federate", "FederateConfig", "evaluate_harness", "prompt_eval",
+           "prompt_generate", "prompt_report", "explain", "explain_eval", "plan"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,

@@ -18,13 +18,16 @@ from jsonargparse import ArgumentParser
 import lmforge.api as api
 from lmforge.cli import parsers, prompt_parsers
 from lmforge.cli.hints import check_config_paths, option_hint
+from lmforge.config import field_names
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.infer.sampling import SamplingParams
+from lmforge.runs.federate import FederateConfig
 from lmforge.train.plan import describe_plan
 
 # A bare `--data X` / `--model X` names the section's main field (`--data.path X`, `--model.preset X`).
 SECTION_SHORTHANDS = {"pretrain": {"--data": "--data.path", "--model": "--model.preset"},
-                      "finetune": {"--data": "--data.train", "--model": "--model.init"}}
+                      "finetune": {"--data": "--data.train", "--model": "--model.init"},
+                      "federate": {"--data": "--data.train", "--model": "--model.init"}}
 
 
 
@@ -82,6 +85,17 @@ def _finetune(args, sections) -> None:
     shown = f", {metric} {summary[metric]:.4f}" if summary.get(metric) is not None else ""
     print(f"done: {summary['steps']} steps, val loss {summary.get('val_loss') or float('nan'):.4f}{shown} "
           f"-> {args.out}")
+
+
+def _federate(args, sections) -> None:
+    federation = FederateConfig(**{name: args[name] for name in field_names(FederateConfig)})
+    summary = api.federate(args.task, data=sections.data, model=sections.model, federation=federation,
+                           method=sections.method, train=sections.train, balance=sections.balance,
+                           augment=sections.augment, decode=sections.decode, out=args.out)
+    metric = summary.get("main_metric")
+    shown = f", {metric} {summary[metric]:.4f}" if summary.get(metric) is not None else ""
+    failed = f", clients lost: {', '.join(map(str, summary['failed_clients']))}" if summary["failed_clients"] else ""
+    print(f"done: {summary['rounds_completed']} rounds{shown}{failed} -> {args.out}")
 
 
 def _predict(args, sections) -> None:
@@ -261,6 +275,7 @@ VERBS: dict[str, Verb] = {
     "prepare": Verb(parsers.prepare_parser, _prepare, "prepare a dataset"),
     "pretrain": Verb(parsers.pretrain_parser, _pretrain, "pretrain a model"),
     "finetune": Verb(parsers.finetune_parser, _finetune, "fine-tune for an application"),
+    "federate": Verb(parsers.federate_parser, _federate, "fine-tune across clients that keep their data (Flower)"),
     "predict": Verb(parsers.predict_parser, _predict, "predict with a fine-tuned model"),
     "generate": Verb(parsers.generate_parser, _generate, "sample continuations of prompts"),
     "chat": Verb(parsers.chat_parser, _chat, "interactive chat loop"),
@@ -288,7 +303,7 @@ def run(argv: list[str]) -> int:
     check_config_paths(argv)
     parser = build_parser()
     ns = parser.parse_args(normalize_argv(argv))
-    sections = parser.instantiate(ns)[ns.verb] if ns.verb in ("pretrain", "finetune", "distill") else None
+    sections = parser.instantiate(ns)[ns.verb] if ns.verb in ("pretrain", "finetune", "distill", "federate") else None
     VERBS[ns.verb].run(ns[ns.verb], sections)
     return 0
 
