@@ -12,7 +12,8 @@ Starting from a fine-tuned classifier run (`--run`, e.g. sst2 from the pretraine
   - onnxruntime int8: that graph through onnxruntime's own `quantize_dynamic` (int8 weights, int8
     activations quantized on the fly), which is what onnxruntime recommends for transformer encoders.
 Each is timed at batch 1 on `--seq_len` tokens of validation text (median of `--repeats` calls after a
-warm-up, `--threads` threads on both sides) and scored on the run's validation split. The lmforge variants
+warm-up, all variants taking turns, `--threads` threads on both sides) and scored on the run's validation
+split. The lmforge variants
 go through `lmforge compress report`, whose table is written to OUT/report.md.
 
     python benchmarks/compress_encoder.py --run runs/sst2 [--pruned runs/sst2-pruned] [--distilled runs/sst2-half]
@@ -28,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 import lmforge.api as lf
 from lmforge.config import TaskDataConfig
+from lmforge.eval.agreement import interleaved_latency
 from lmforge.runs.rundir import load_task_run
 from lmforge.runs.starts import resolve_data_path
 
@@ -73,17 +73,16 @@ def ort_logits(session: ort.InferenceSession, task, features: list[dict], batch_
     return np.concatenate(rows)
 
 
-def ort_latency(session: ort.InferenceSession, ids: torch.Tensor, repeats: int) -> float:
+def ort_call(session: ort.InferenceSession, ids: torch.Tensor):
     feeds = ort_feeds(session, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                                 "token_type_ids": torch.zeros_like(ids)})
-    for _ in range(3):
-        session.run(["logits"], feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(["logits"], feeds)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return lambda: session.run(["logits"], feeds)
+
+
+def lmforge_call(run: Path, ids: torch.Tensor):
+    model, _ = load_task_run(run)
+    mask = torch.ones_like(ids)
+    return lambda: model(ids, attention_mask=mask)
 
 
 def main() -> None:
@@ -118,7 +117,6 @@ def main() -> None:
                                 repeats=args.repeats, overwrite=True)
     print(report["markdown"])
     rows = dict(zip(variants, report["rows"]))
-    latency = {name: row["latency_ms_batch1"] / 1e3 for name, row in rows.items()}
     accuracy = {name: row["value"] for name, row in rows.items()}
 
     onnx_dir = out / "onnx"
@@ -133,10 +131,10 @@ def main() -> None:
     with torch.inference_mode():
         ours = task.logits(model.eval(), features, 32).numpy()
     ids = torch.tensor([t for f in features for t in f["input_ids"]][:args.seq_len]).view(1, -1)
-    logits_gap = None
+    logits_gap, calls = None, {name: lmforge_call(path, ids) for name, path in variants.items()}
     for name, path in (("ort_fp32", onnx_dir / "model.onnx"), ("ort_int8", int8_onnx)):
         session = ort_session(path, args.threads)
-        latency[name] = ort_latency(session, ids, args.repeats)
+        calls[name] = ort_call(session, ids)
         logits = ort_logits(session, task, features)
         accuracy[name] = float((logits.argmax(-1) == labels).mean())
         if name == "ort_fp32":
@@ -144,6 +142,8 @@ def main() -> None:
     print(f"onnxruntime fp32 vs lmforge fp32 on {len(features)} validation examples: max |logit difference| "
           f"{logits_gap:.2e}")
 
+    # Every variant, lmforge's and onnxruntime's, timed in turns: a change in the machine's load falls on all.
+    latency = dict(zip(calls, interleaved_latency(list(calls.values()), repeats=args.repeats)))
     print(f"\n| variant | latency ms (b=1, {args.seq_len} tokens) | speed-up vs lmforge fp32 | accuracy |")
     print("|---|---:|---:|---:|")
     for name in latency:

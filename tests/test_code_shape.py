@@ -38,6 +38,7 @@ LAZY_IMPORTS: dict[str, str] = {
     "captum": "attribution methods, used only by `lmforge explain` (slow to import: it loads matplotlib and scipy)",
     "scipy": "rank correlation, computed only by `lmforge explain eval` (scipy.stats is slow to import)",
     "opacus": "DP-SGD, loaded only by runs with --privacy (several seconds to import)",
+    "flwr": "federated learning (Flower), seconds to import; only `lmforge federate` needs it",
 }
 
 

@@ -28,10 +28,13 @@ from lmforge.runs.compare import DEFAULT_MODELS, compare as compare_models
 from lmforge.runs.demo import DEMO_PROMPTS, demo
 from lmforge.runs.explain import explain as explain_run, explain_eval as explain_eval_run
 from lmforge.runs.export import export_run
+from lmforge.runs.federate import FederateConfig, federate
 from lmforge.runs.finetune import finetune as finetune_run
 from lmforge.runs.harness_eval import evaluate_harness as evaluate_harness_run
 from lmforge.runs.predict import pipeline, predict
 from lmforge.runs.prompt_eval import prompt_eval as prompt_eval_run
+from lmforge.runs.prompt_generate import prompt_generate as prompt_generate_run
+from lmforge.runs.prompt_report import combined_report
 from lmforge.runs.pretrain import pretrain
 from lmforge.runs.distill import distill as distill_run
 from lmforge.runs.prune import prune_run
@@ -45,7 +48,8 @@ __all__ = ["AugmentConfig", "BalanceConfig", "DataConfig", "DecodeConfig", "Dist
            "StartConfig", "TaskDataConfig", "TrainConfig", "PrivacyConfig", "DEMO_PROMPTS", "prepare", "pretrain",
            "finetune", "predict", "pipeline", "load", "generate", "stream", "chat", "evaluate_perplexity", "compare",
            "convert", "describe_conversion", "presets", "demo", "serve", "quantize", "prune", "distill",
-           "compress_report", "export", "evaluate_harness", "prompt_eval", "explain", "explain_eval", "plan"]
+           "compress_report", "export", "federate", "FederateConfig", "evaluate_harness", "prompt_eval",
+           "prompt_generate", "prompt_report", "explain", "explain_eval", "plan"]
 
 
 def prepare(data: str, out: str | Path, *, tokenizer: str = "bpe", vocab_size: int = 8192, val_fraction: float = 0.1,
@@ -142,15 +146,37 @@ def evaluate_harness(run_dir: str | Path, tasks, *, include_path: str | Path | N
                                 batch_size=batch_size, device=device)
 
 
-def prompt_eval(run_dir: str | Path, *, data: str | Path, train: str | Path, template: str | Path,
-                shots=(0, 1, 4, 8), seeds: int = 5, balanced: bool = False, limit: int | None = None,
-                out: str | Path, finetuned: str | Path | None = None, device: str = "cpu") -> dict:
+def prompt_eval(run_dir: str | Path, *, train: str | Path, template: str | Path, data: str | Path | None = None,
+                val_fraction: float | None = None, shots=(0, 1, 4, 8), seeds: int = 5, selection: str = "random",
+                order: str = "random", encoder: str | None = None, limit: int | None = None,
+                reasoning_tokens: int = 48, out: str | Path, finetuned: str | Path | None = None,
+                device: str = "cpu") -> dict:
     """Classification by prompting the decoder of `run_dir`: each label's verbaliser in `template` (a YAML file or
-    a built-in `TASK/PATTERN`) scored after 0..k exemplars from `train`, accuracy on `data` per number of shots as
-    mean ± std over `seeds` exemplar draws, with and without contextual calibration, beside the fine-tuned run
-    `finetuned` when given. Writes `out/prompt_eval.json` and `.md`; returns the JSON."""
-    return prompt_eval_run(run_dir, data=data, train=train, template=template, shots=shots, seeds=seeds,
-                           balanced=balanced, limit=limit, out=out, finetuned=finetuned, device=device)
+    a built-in `TASK/PATTERN`) scored after 0..k exemplars from `train` (chosen `random`, `balanced` or `nearest`
+    by the sentence embeddings of the `encoder` run, ordered `random`, `nearest_last` or `nearest_first`),
+    accuracy on `data` (or a `val_fraction` carved from `train`) per number of shots as mean ± std over `seeds`
+    exemplar draws, with and without contextual calibration, beside the fine-tuned run `finetuned` when given.
+    Writes `out/prompt_eval.json`, `.md` and `.png`; returns the JSON."""
+    return prompt_eval_run(run_dir, data=data, train=train, template=template, val_fraction=val_fraction,
+                           shots=shots, seeds=seeds, selection=selection, order=order, encoder=encoder, limit=limit,
+                           reasoning_tokens=reasoning_tokens, out=out, finetuned=finetuned, device=device)
+
+
+def prompt_generate(run_dir: str | Path, *, task: str, train: str | Path, template: str | Path,
+                    data: str | Path | None = None, out: str | Path, **options) -> dict:
+    """Summarization, translation or question answering (`task`: summarize, translate, qa) by prompting the
+    decoder of `run_dir` with 0..k exemplars from `train`, scored on `data` with fine-tuning's metrics (ROUGE,
+    BLEU/chrF, SQuAD EM/F1) as mean ± std over seeds. `options`: those of
+    `lmforge.runs.prompt_generate.prompt_generate` (train_target/data_target for parallel text, shots, seeds,
+    selection, order, encoder, limit, max_new_tokens, finetuned, ...). Writes `out/prompt_generate.json` and
+    `.md`; returns the JSON."""
+    return prompt_generate_run(run_dir, task=task, train=train, template=template, data=data, out=out, **options)
+
+
+def prompt_report(folders, *, out: str | Path) -> dict:
+    """One "prompt vs fine-tune" table (`out/prompt_vs_finetune.md` and `.json`) and one plot (`.png`, a panel per
+    task) from the `out` folders of several `prompt_eval` runs; returns the JSON."""
+    return combined_report(folders, out)
 
 
 def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool = False) -> dict:

@@ -54,8 +54,15 @@ def reference(tmp_path_factory):
 
 
 def _samples(folder, task: str) -> dict[int, dict]:
+    """Each example as logged, its requests' arguments back as lists and its responses back as numbers: lm-eval's
+    log writes {"gen_args_0": {"arg_0": ..., "arg_1": ...}} and every response as a string."""
     [path] = sorted(folder.glob(f"samples_{task}_*.jsonl"))
-    return {row["doc_id"]: row for row in map(json.loads, path.read_text().splitlines())}
+    rows = {row["doc_id"]: row for row in map(json.loads, path.read_text().splitlines())}
+    for row in rows.values():
+        row["arguments"] = [list(args.values()) for args in row["arguments"].values()]
+        if row["resps"] and isinstance(row["resps"][0][0], list):  # log-likelihoods: [log-likelihood, greedy]
+            row["resps"] = [[(float(ll), greedy == "True")] for [[ll, greedy]] in row["resps"]]
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +77,13 @@ def in_process(reference):
     return json.loads(path.read_text()), {t: _samples(run / "lm_eval", t) for t in (MC_TASK, GEN_TASK)}
 
 
-def _lm_eval(model: str, model_args: dict, out, batch_size: int, env: dict | None = None) -> dict[str, dict[int, dict]]:
+def _lm_eval(model: str, model_args: dict, out, batch_size: int, env: dict | None = None,
+             extra: list[str] = ()) -> dict[str, dict[int, dict]]:
     """The stock `lm_eval` command on both tasks; its samples by task."""
     args = ",".join(f"{k}={v}" for k, v in model_args.items())
     cmd = [os.path.join(os.path.dirname(sys.executable), "lm_eval"), "--model", model, "--model_args", args,
            "--tasks", f"{MC_TASK},{GEN_TASK}", "--include_path", str(TASKS), "--log_samples", "--output_path",
-           str(out), "--batch_size", str(batch_size)]
+           str(out), "--batch_size", str(batch_size), *extra]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
@@ -133,13 +141,22 @@ def test_in_process_results_are_lm_evals(in_process):
     assert results["configs"][MC_TASK]["output_type"] == "multiple_choice"
 
 
-@_needs("accelerate", "lm-eval's hf backend")
-def test_lm_evals_hf_backend_agrees_with_lmforge(reference, in_process, tmp_path):
+HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None
+
+
+@pytest.fixture(scope="module")
+def hf_backend(reference, tmp_path_factory):
+    """lm-eval's own `hf` backend on the Hugging Face folder: its samples by task."""
+    if not HAS_ACCELERATE:
+        pytest.skip("lm-eval's hf backend needs accelerate, which is not installed (pip install lm-eval[api,hf])")
     hf_dir, _ = reference
     # One example at a time: Hugging Face's batched generation pads on the left, which moves its numbers slightly.
-    theirs = _lm_eval("hf", {"pretrained": hf_dir, "tokenizer": hf_dir, "dtype": "float32", "device": "cpu"},
-                      tmp_path, batch_size=1)
-    _assert_same_examples(in_process[1], theirs, TOLERANCE)
+    return _lm_eval("hf", {"pretrained": hf_dir, "tokenizer": hf_dir, "dtype": "float32"},
+                    tmp_path_factory.mktemp("hf-backend"), batch_size=1, extra=["--device", "cpu"])
+
+
+def test_lm_evals_hf_backend_agrees_with_lmforge(in_process, hf_backend):
+    _assert_same_examples(in_process[1], hf_backend, TOLERANCE)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +196,7 @@ def test_server_answers_local_completions_requests_like_lmforge_eval_harness(ref
 @_needs("tenacity", "lm-eval's local-completions model")
 @pytest.mark.parametrize("tokenizer", ["remote", "huggingface"])
 def test_local_completions_against_lmforge_serve_agrees_with_lmforge(reference, in_process, served, tokenizer,
-                                                                     tmp_path):
+                                                                     tmp_path, request):
     hf_dir, _ = reference
     args = {"base_url": f"{served.url}/v1/completions", "model": "gpt2-random", "tokenizer_backend": tokenizer,
             "max_length": CONTEXT, "num_concurrent": 1}
@@ -187,6 +204,8 @@ def test_local_completions_against_lmforge_serve_agrees_with_lmforge(reference, 
         args["tokenizer"] = hf_dir
     theirs = _lm_eval("local-completions", args, tmp_path, batch_size=8, env={"OPENAI_API_KEY": "unused"})
     _assert_same_examples(in_process[1], theirs, 1e-5)
+    if HAS_ACCELERATE:  # and straight against lm-eval's own hf backend, the independent reference
+        _assert_same_examples(request.getfixturevalue("hf_backend"), theirs, TOLERANCE)
 
 
 def test_unknown_task_is_one_error_line(reference):

@@ -16,15 +16,18 @@ from typing import Callable
 from jsonargparse import ArgumentParser
 
 import lmforge.api as api
-from lmforge.cli import parsers
+from lmforge.cli import parsers, prompt_parsers
 from lmforge.cli.hints import check_config_paths, option_hint
+from lmforge.config import field_names
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.infer.sampling import SamplingParams
+from lmforge.runs.federate import FederateConfig
 from lmforge.train.plan import describe_plan
 
 # A bare `--data X` / `--model X` names the section's main field (`--data.path X`, `--model.preset X`).
 SECTION_SHORTHANDS = {"pretrain": {"--data": "--data.path", "--model": "--model.preset"},
-                      "finetune": {"--data": "--data.train", "--model": "--model.init"}}
+                      "finetune": {"--data": "--data.train", "--model": "--model.init"},
+                      "federate": {"--data": "--data.train", "--model": "--model.init"}}
 
 
 
@@ -82,6 +85,17 @@ def _finetune(args, sections) -> None:
     shown = f", {metric} {summary[metric]:.4f}" if summary.get(metric) is not None else ""
     print(f"done: {summary['steps']} steps, val loss {summary.get('val_loss') or float('nan'):.4f}{shown} "
           f"-> {args.out}")
+
+
+def _federate(args, sections) -> None:
+    federation = FederateConfig(**{name: args[name] for name in field_names(FederateConfig)})
+    summary = api.federate(args.task, data=sections.data, model=sections.model, federation=federation,
+                           method=sections.method, train=sections.train, balance=sections.balance,
+                           augment=sections.augment, decode=sections.decode, out=args.out)
+    metric = summary.get("main_metric")
+    shown = f", {metric} {summary[metric]:.4f}" if summary.get(metric) is not None else ""
+    failed = f", clients lost: {', '.join(map(str, summary['failed_clients']))}" if summary["failed_clients"] else ""
+    print(f"done: {summary['rounds_completed']} rounds{shown}{failed} -> {args.out}")
 
 
 def _predict(args, sections) -> None:
@@ -214,11 +228,24 @@ def _eval_harness(h) -> None:
 
 
 def _prompt(args, sections) -> None:
-    p = args.eval
+    p = args[args.command]
+    if args.command == "report":
+        api.prompt_report([r for r in str(p.runs).split(",") if r.strip()], out=p.out)
+        print((Path(p.out) / "prompt_vs_finetune.md").read_text())
+        return
     shots = [int(k) for k in str(p.shots).split(",") if k.strip()]
-    api.prompt_eval(p.model, data=p.data, train=p.train, template=p.template, shots=shots, seeds=p.seeds,
-                    balanced=p.balanced, limit=p.limit, out=p.out, finetuned=p.finetuned, device=p.device)
+    common = dict(data=p.data, train=p.train, template=p.template, val_fraction=p.val_fraction, shots=shots,
+                  seeds=p.seeds, selection=p.selection, order=p.order, encoder=p.encoder, limit=p.limit,
+                  reasoning_tokens=p.reasoning_tokens, out=p.out, finetuned=p.finetuned, device=p.device)
+    if args.command == "generate":
+        api.prompt_generate(p.model, task=p.task, train_target=p.train_target, data_target=p.data_target,
+                            max_new_tokens=p.max_new_tokens, **common)
+        print((Path(p.out) / "prompt_generate.md").read_text())
+        return
+    api.prompt_eval(p.model, **common)
     print((Path(p.out) / "prompt_eval.md").read_text())
+
+
 def _explain(args, sections) -> None:
     if args.get("action") == "eval":
         e = args.eval
@@ -248,6 +275,7 @@ VERBS: dict[str, Verb] = {
     "prepare": Verb(parsers.prepare_parser, _prepare, "prepare a dataset"),
     "pretrain": Verb(parsers.pretrain_parser, _pretrain, "pretrain a model"),
     "finetune": Verb(parsers.finetune_parser, _finetune, "fine-tune for an application"),
+    "federate": Verb(parsers.federate_parser, _federate, "fine-tune across clients that keep their data (Flower)"),
     "predict": Verb(parsers.predict_parser, _predict, "predict with a fine-tuned model"),
     "generate": Verb(parsers.generate_parser, _generate, "sample continuations of prompts"),
     "chat": Verb(parsers.chat_parser, _chat, "interactive chat loop"),
@@ -263,7 +291,8 @@ VERBS: dict[str, Verb] = {
     "export": Verb(parsers.export_parser, _export, "export a run's model to ONNX for onnxruntime"),
     "presets": Verb(parsers.presets_parser, _presets, "list model presets"),
     "eval": Verb(parsers.eval_parser, _eval, "evaluate a model", parsers.eval_metrics),
-    "prompt": Verb(parsers.prompt_parser, _prompt, "classify by prompting a decoder", parsers.prompt_commands),
+    "prompt": Verb(prompt_parsers.prompt_parser, _prompt, "classify and generate by prompting a decoder",
+                   prompt_parsers.prompt_commands),
     "explain": Verb(parsers.explain_parser, _explain, "explain a run's outputs: attributions, attention, viewer",
                     parsers.explain_actions),
     "plan": Verb(parsers.plan_parser, _plan, "plan a training run: memory per GPU, throughput, GPU-hours"),
@@ -274,7 +303,7 @@ def run(argv: list[str]) -> int:
     check_config_paths(argv)
     parser = build_parser()
     ns = parser.parse_args(normalize_argv(argv))
-    sections = parser.instantiate(ns)[ns.verb] if ns.verb in ("pretrain", "finetune", "distill") else None
+    sections = parser.instantiate(ns)[ns.verb] if ns.verb in ("pretrain", "finetune", "distill", "federate") else None
     VERBS[ns.verb].run(ns[ns.verb], sections)
     return 0
 

@@ -12,6 +12,7 @@ from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConf
                             ModelSpec, PrivacyConfig, StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.infer.sampling import SamplingParams
 from lmforge.runs.compare import DEFAULT_MODELS
+from lmforge.runs.federate import FederateConfig
 
 
 def verb_parser(description: str) -> ArgumentParser:
@@ -21,10 +22,17 @@ def verb_parser(description: str) -> ArgumentParser:
                           allow_abbrev=False)
 
 
-def sampling_arguments(p: ArgumentParser) -> None:
-    hints, defaults = get_type_hints(SamplingParams), SamplingParams()
-    for f in fields(SamplingParams):
+def dataclass_arguments(p: ArgumentParser, cls) -> None:
+    hints, defaults = get_type_hints(cls), cls()
+    for f in fields(cls):
         p.add_argument(f"--{f.name}", type=hints[f.name], default=getattr(defaults, f.name))
+
+
+def fine_tuning_sections(p: ArgumentParser) -> None:
+    for cls, name in ((TaskDataConfig, "data"), (StartConfig, "model"), (MethodConfig, "method"), (TrainConfig, "train"),
+                      (BalanceConfig, "balance"), (AugmentConfig, "augment"), (DecodeConfig, "decode")):
+        p.add_class_arguments(cls, name)
+    p.add_argument("--out", required=True, help="run directory to create")
 
 
 def prepare_parser() -> ArgumentParser:
@@ -67,15 +75,8 @@ def finetune_parser() -> ArgumentParser:
                 "writes a run directory whose summary.json holds the validation metrics.")
     p.add_argument("--config", action=ActionConfigFile, help="YAML recipe (see configs/finetune/)")
     p.add_argument("--task", required=True, help="classify, ner, qa, translate, summarize or chat")
-    p.add_class_arguments(TaskDataConfig, "data")
-    p.add_class_arguments(StartConfig, "model")
-    p.add_class_arguments(MethodConfig, "method")
-    p.add_class_arguments(TrainConfig, "train")
-    p.add_class_arguments(BalanceConfig, "balance")
-    p.add_class_arguments(AugmentConfig, "augment")
-    p.add_class_arguments(DecodeConfig, "decode")
     p.add_class_arguments(PrivacyConfig, "privacy")
-    p.add_argument("--out", required=True, help="run directory to create")
+    fine_tuning_sections(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     return p
 
@@ -90,15 +91,17 @@ def distill_parser() -> ArgumentParser:
                         "the teacher's tokenizer, or a preset name (a fresh model)")
     p.add_argument("--task", default=None, help="ignored: the teacher's task (accepted so recipes can be reused)")
     p.add_class_arguments(DistillConfig, "distill")
-    p.add_class_arguments(TaskDataConfig, "data")
-    p.add_class_arguments(StartConfig, "model")
-    p.add_class_arguments(MethodConfig, "method")
-    p.add_class_arguments(TrainConfig, "train")
-    p.add_class_arguments(BalanceConfig, "balance")
-    p.add_class_arguments(AugmentConfig, "augment")
-    p.add_class_arguments(DecodeConfig, "decode")
-    p.add_argument("--out", required=True, help="run directory to create")
+    fine_tuning_sections(p)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return p
+
+
+def federate_parser() -> ArgumentParser:
+    p = verb_parser("Fine-tune across clients that keep their data (federated learning with Flower, see FederateConfig).")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML fine-tuning recipe (see configs/finetune/)")
+    p.add_argument("--task", required=True, help="classify, ner, qa, translate, summarize or chat")
+    dataclass_arguments(p, FederateConfig)
+    fine_tuning_sections(p)
     return p
 
 
@@ -106,8 +109,7 @@ def predict_parser() -> ArgumentParser:
     p = verb_parser("Apply a fine-tuned run to examples; writes one JSON object per example, in input order.")
     p.add_argument("--model", required=True, help="run directory written by `lmforge finetune`")
     p.add_argument("--input", required=True, help="file in any format the task reads, or - for standard input")
-    p.add_argument("--format", default=None, help="input format (default: the one the run was trained on, "
-                                                  "else detected)")
+    p.add_argument("--format", default=None, help="input format (default: the run's own, else detected)")
     p.add_argument("--target", default=None, help="parallel text: ignored target file (accepted for symmetry)")
     p.add_argument("--output", default="-", help="JSONL file to write (- for standard output)")
     p.add_argument("--batch_size", type=int, default=32)
@@ -127,7 +129,7 @@ def generate_parser() -> ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="CPU, GPT family: compile the decode step into one graph first (tens of seconds), "
                         "then decode about 2.5x faster; pays off for long or many generations")
-    sampling_arguments(p)
+    dataclass_arguments(p, SamplingParams)
     return p
 
 
@@ -136,7 +138,7 @@ def chat_parser() -> ArgumentParser:
     p.add_argument("--model", required=True, help="run directory")
     p.add_argument("--system", type=str | None, default=None)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
-    sampling_arguments(p)
+    dataclass_arguments(p, SamplingParams)
     return p
 
 
@@ -296,29 +298,6 @@ def eval_metrics(p: ArgumentParser) -> None:
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
     kinds.add_subcommand("perplexity", q, help="perplexity / bits per byte")
     kinds.add_subcommand("harness", harness_parser(), help="lm-evaluation-harness tasks, in process")
-
-
-def prompt_parser() -> ArgumentParser:
-    return verb_parser("Classify by prompting a decoder: templates, few-shot exemplars, calibration.")
-
-
-def prompt_commands(p: ArgumentParser) -> None:
-    commands = p.add_subcommands(dest="command", required=True)
-    e = verb_parser("Accuracy of label-likelihood classification per number of shots, mean ± std over exemplar "
-                    "draws, with and without contextual calibration; writes OUT/prompt_eval.json and .md.")
-    e.add_argument("--model", required=True, help="run directory of a decoder model")
-    e.add_argument("--data", required=True, help="validation file of a classification task (e.g. label_text)")
-    e.add_argument("--train", required=True, help="training file the exemplars are drawn from")
-    e.add_argument("--template", required=True, help="YAML template file, or a built-in TASK/PATTERN such as "
-                                                     "sst2/cloze, sst2/instruction, sst2/qa, trec/cloze")
-    e.add_argument("--shots", default="0,1,4,8", help="comma-separated numbers of exemplars")
-    e.add_argument("--seeds", type=int, default=5, help="exemplar draws per number of shots")
-    e.add_argument("--balanced", action="store_true", help="draw exemplars evenly over the labels")
-    e.add_argument("--limit", type=int | None, default=None, help="score only the first N validation examples")
-    e.add_argument("--finetuned", type=str | None, default=None, help="a fine-tuned run to show beside")
-    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when present)")
-    e.add_argument("--out", required=True, help="folder for prompt_eval.json and prompt_eval.md")
-    commands.add_subcommand("eval", e, help="prompted accuracy over shots and seeds")
 
 
 def harness_parser() -> ArgumentParser:

@@ -17,6 +17,7 @@ SCHEDULES = ("cosine", "linear", "exponential", "constant", "wsd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARALLELISMS = ("ddp", "fsdp")
 CHECKPOINTING = ("none", "full", "selective")
+CHECKPOINT_FORMATS = ("full", "sharded")
 
 
 @dataclass
@@ -89,10 +90,11 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     precision: str = "auto"              # auto = bf16 on GPUs that support it, fp32 on CPU
     compile: bool = False
-    activation_checkpointing: str | bool = "none"  # none, full (recompute each block) or selective (keep the
-                                         # matmul and attention outputs, recompute the rest); true/false: full/none
+    activation_checkpointing: str | bool = "none"  # none, full or selective (lmforge.parallel); true/false: full/none
     parallel: str = "ddp"                # over several processes: ddp (replicas) or fsdp (FSDP2 sharding)
     reshard_after_forward: bool = True   # fsdp: free each block's gathered weights after forward (less memory)
+    shard_group_size: int | None = None  # fsdp: shard within groups of this many processes (a node), replicate
+                                         # across the groups (hybrid sharding); None: shard over all processes
     seed: int = 1337
     device: str = "auto"
     log_interval: int = 10
@@ -101,64 +103,49 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # evals without val-loss improvement before stopping
     checkpoint_interval: int = 500
     keep_last: int = 2
+    checkpoint_format: str = "full"      # full: whole weights from rank 0; sharded: each rank its shard (DCP)
     progress: bool = True
     threads: int | str | None = None     # CPU threads: N, or "auto" to time counts while training; None: as is
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        positive = ("batch_size", "grad_accum", "max_steps", "log_interval", "eval_interval", "eval_batches",
-                    "checkpoint_interval", "keep_last")
-        for name in positive:
+        for name in ("batch_size", "grad_accum", "max_steps", "log_interval", "eval_interval", "eval_batches",
+                     "checkpoint_interval", "keep_last"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v > 0, f"train.{name} must be a positive integer, got {v}",
                    f"pass --train.{name} 1 or more")
         _check(math.isfinite(self.lr) and self.lr > 0, f"train.lr must be a positive number, got {self.lr}",
                "pass e.g. --train.lr 3e-4")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}",
-               "pass e.g. --train.min_lr_ratio 0.1")
-        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}",
-               "pass e.g. --train.weight_decay 0.1")
-        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}",
-               "pass e.g. --train.warmup_steps 100")
+        # (name, lowest allowed or None for "above 0", highest allowed, example)
+        for name, low, high, example in (("min_lr_ratio", 0.0, 1.0, 0.1), ("weight_decay", 0.0, math.inf, 0.1),
+                                         ("warmup_steps", 0, math.inf, 100), ("decay_fraction", None, 1.0, 0.2),
+                                         ("gamma", None, 1.0, 0.999)):
+            v = getattr(self, name)
+            inside = (v > 0 if low is None else v >= low) and v <= high
+            allowed = ">= 0" if high == math.inf else f"in {'(' if low is None else '['}0, 1]"
+            _check(inside, f"train.{name} must be {allowed}, got {v}", f"pass e.g. --train.{name} {example}")
         _check(all(0.0 <= b < 1.0 for b in self.betas), f"train.betas must be in [0, 1), got {list(self.betas)}",
                "pass e.g. --train.betas [0.9,0.95]")
-        _check(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, "
-               f"got {self.optimizer!r}", "pass e.g. --train.optimizer adamw")
-        _check(self.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}, "
-               f"got {self.schedule!r}", "pass e.g. --train.schedule cosine")
-        _check(self.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, "
-               f"got {self.precision!r}", "pass e.g. --train.precision fp32")
-        _check(0.0 < self.decay_fraction <= 1.0, f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}",
-               "pass e.g. --train.decay_fraction 0.2")
-        _check(0.0 < self.gamma <= 1.0, f"train.gamma must be in (0, 1], got {self.gamma}",
-               "pass e.g. --train.gamma 0.999")
-        _check(self.grad_clip is None or self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}",
-               "pass a positive norm, or omit it to disable clipping")
-        _check(self.max_seconds is None or self.max_seconds > 0,
-               f"train.max_seconds must be > 0, got {self.max_seconds}", "pass a positive number of seconds")
+        if isinstance(self.activation_checkpointing, bool) or self.activation_checkpointing in ("true", "false"):
+            self.activation_checkpointing = "full" if self.activation_checkpointing in (True, "true") else "none"
+        for name, choices, example in (("optimizer", OPTIMIZERS, "adamw"), ("schedule", SCHEDULES, "cosine"),
+                                       ("precision", PRECISIONS, "fp32"), ("parallel", PARALLELISMS, "fsdp"),
+                                       ("checkpoint_format", CHECKPOINT_FORMATS, "sharded"),
+                                       ("activation_checkpointing", CHECKPOINTING, "full")):
+            v = getattr(self, name)
+            _check(v in choices, f"train.{name} must be one of {', '.join(choices)}, got {v!r}", f"pass e.g. --train.{name} {example}")
+        for name, fix in (("grad_clip", "pass a positive norm, or omit it to disable clipping"),
+                          ("max_seconds", "pass a positive number of seconds"),
+                          ("global_batch_size", "pass e.g. --train.global_batch_size 64, or leave it unset"),
+                          ("early_stopping_patience", "pass a positive number of evaluations"),
+                          ("shard_group_size", "pass the processes per node, e.g. --train.shard_group_size 8")):
+            v = getattr(self, name)
+            _check(v is None or v > 0, f"train.{name} must be > 0, got {v}", fix)
         _check(self.seq_len is None or self.seq_len > 1, f"train.seq_len must be > 1, got {self.seq_len}",
                "pass e.g. --train.seq_len 256")
-        _check(self.global_batch_size is None or self.global_batch_size > 0,
-               f"train.global_batch_size must be positive, got {self.global_batch_size}",
-               "pass e.g. --train.global_batch_size 64, or leave it unset to use train.grad_accum")
         _check(self.threads in (None, "auto") or (isinstance(self.threads, int) and self.threads > 0),
                f"train.threads must be a positive integer or auto, got {self.threads!r}",
                "pass e.g. --train.threads 2, or --train.threads auto on a machine other processes share")
-        self.activation_checkpointing = _checkpointing_mode(self.activation_checkpointing)
-        _check(self.parallel in PARALLELISMS, f"train.parallel must be one of {', '.join(PARALLELISMS)}, "
-               f"got {self.parallel!r}", "pass --train.parallel ddp or --train.parallel fsdp")
-        _check(self.early_stopping_patience is None or self.early_stopping_patience > 0,
-               f"train.early_stopping_patience must be > 0, got {self.early_stopping_patience}",
-               "pass a positive number of evaluations")
-
-
-def _checkpointing_mode(value) -> str:
-    """The checkpointing mode of `value`, reading the former true/false switch as full/none."""
-    if isinstance(value, bool) or value in ("true", "false"):
-        return "full" if value in (True, "true") else "none"
-    _check(value in CHECKPOINTING, f"train.activation_checkpointing must be one of {', '.join(CHECKPOINTING)}, "
-           f"got {value!r}", "pass --train.activation_checkpointing full")
-    return value
 
 
 # ---------------------------------------------------------------- fine-tuning

@@ -2,7 +2,8 @@
 
 Agreement compares two models' output distributions on the same inputs: the fraction of positions
 where their top-1 choices match, and the mean KL divergence KL(original || compressed). Latency is
-the median wall time of a call after warm-up calls, which is what a user waiting on one request sees.
+the median wall time of a call after warm-up calls, which is what a user waiting on one request sees;
+several models are timed in turns.
 """
 from __future__ import annotations
 
@@ -24,14 +25,17 @@ def agreement(reference: torch.Tensor, candidate: torch.Tensor) -> dict:
     return {"top1_agreement": float((ref.argmax(-1) == cand.argmax(-1)).float().mean()), "kl": float(kl)}
 
 
-def median_latency(call: Callable[[], object], *, warmup: int = 3, repeats: int = 20) -> float:
-    """Median seconds per `call()` over `repeats` timed calls after `warmup` untimed ones."""
+def interleaved_latency(calls: list[Callable[[], object]], *, warmup: int = 3, repeats: int = 20) -> list[float]:
+    """Median seconds per call of each of `calls`, timed in turns (one call of each per round) after `warmup`
+    untimed rounds: a change in the machine's load during the measurement then falls on every call alike."""
+    times: list[list[float]] = [[] for _ in calls]
     with torch.inference_mode():
         for _ in range(warmup):
-            call()
-        times = []
+            for call in calls:
+                call()
         for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for spent, call in zip(times, calls):
+                start = time.perf_counter()
+                call()
+                spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]

@@ -18,7 +18,8 @@ from lmforge.interop.state import convert_state_from_hf, state_to_hf
 from lmforge.interop.tokenizers import (check_vocabulary, read_hf_tokenizer, required_tokenizer, special_tokens,
                                         write_hf_tokenizer)
 from lmforge.models.gpt import count_parameters
-from lmforge.models.registry import build_model, load_model, save_model
+from lmforge.models.registry import build_model, load_model, model_from_config, save_model
+from lmforge.parallel import is_complete, load_sharded
 
 
 # ---------------------------------------------------------------- import
@@ -134,10 +135,25 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "hf", overwrite: bool
 
 
 def _to_hf(src: Path, dst: Path, overwrite: bool) -> tuple[nn.Module, str]:
-    model = load_model(src)
+    model = _run_model(src)
     tokenizer = required_tokenizer(src)
     check_vocabulary(tokenizer, model, src)
     return model, export_hf(model, dst, tokenizer, overwrite=overwrite)
+
+
+def _run_model(src: Path) -> nn.Module:
+    """The model of run or model folder `src`: its model.safetensors or, for a run that wrote sharded
+    checkpoints (--train.checkpoint_format sharded), the newest one's shards assembled in this process."""
+    if (src / "model.safetensors").is_file():
+        return load_model(src)
+    # step_NNNNNNNN only: a step_NNNNNNNN.tmp folder is a save that never finished
+    sharded = [d for d in sorted(src.glob("checkpoints/step_*/sharded")) if d.parent.name[5:].isdigit()]
+    complete = [d for d in sharded if is_complete(d)]
+    if not complete:
+        return load_model(src)  # which names what is missing
+    model = model_from_config(src)
+    load_sharded(complete[-1], model)
+    return model
 
 
 def _to_lmforge(src: Path, dst: Path) -> tuple[nn.Module, str, list[str]]:

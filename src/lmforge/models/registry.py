@@ -230,12 +230,27 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> 
     """Load a model saved by `save_model` (or a run directory) onto `device` ("auto": a GPU when present)."""
     device = resolve_device(device) if isinstance(device, str) else device
     directory = Path(directory)
-    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+    weights = directory / "model.safetensors"
+    if (directory / "config.json").is_file() and not weights.is_file():
+        raise CheckpointError(f"{weights} is missing", "pass a complete run directory (config.json + model.safetensors)")
+    model = model_from_config(directory)
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{weights} is corrupt or unreadable ({type(e).__name__})",
+                              "re-run training or restore the file from a backup") from None
+    load_state(model, state, source=str(weights))
+    return model.to(device)
+
+
+def model_from_config(directory: str | Path) -> nn.Module:
+    """A freshly initialised model of the shape `directory/config.json` describes (weights not read)."""
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
     if not directory.exists():
         raise CheckpointError(f"model directory {directory} does not exist", "pass a run directory written by lmforge")
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise CheckpointError(f"{p} is missing", "pass a complete run directory (config.json + model.safetensors)")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path} is missing", "pass a complete run directory (config.json + model.safetensors)")
     try:
         raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
@@ -244,13 +259,7 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> 
     model = build_model(config_from_dict(raw))
     for key, record in records.items():
         STRUCTURE_TRANSFORMS[key](model, record)
-    try:
-        state = load_file(str(weights), device=str(device))
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        raise CheckpointError(f"{weights} is corrupt or unreadable ({type(e).__name__})",
-                              "re-run training or restore the file from a backup") from None
-    load_state(model, state, source=str(weights))
-    return model.to(device)
+    return model
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

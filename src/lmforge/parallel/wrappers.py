@@ -89,13 +89,16 @@ def apply_compile(model: nn.Module) -> nn.Module:
 
 
 def apply_fsdp(model: nn.Module, info: DistInfo, *, precision: str = "fp32",
-               reshard_after_forward: bool = True) -> nn.Module:
+               reshard_after_forward: bool = True, shard_group_size: int | None = None) -> nn.Module:
     """Shard `model` over the ranks with FSDP2 (`fully_shard`): each transformer block, then the root.
 
     Under bf16 the gathered weights are cast to bf16 for compute while the sharded fp32 weights stay the
     optimizer's master copy; gradients are reduced in fp32 and averaged over ranks, as DDP does.
     `reshard_after_forward` frees each block's gathered weights after its forward (gathered again for
     backward): less memory for one more all-gather per block.
+    With `shard_group_size` (hybrid sharding, for many nodes) each group of that many ranks holds one sharded
+    copy and the groups are replicas: all-gathers stay inside a group (a node's fast links), and only the
+    gradient all-reduce crosses the groups.
     """
     blocks = _blocks(model)
     if not blocks:
@@ -103,12 +106,44 @@ def apply_fsdp(model: nn.Module, info: DistInfo, *, precision: str = "fp32",
                           "use --train.parallel ddp for this model family")
     if not info.enabled:
         return model  # one process: nothing to shard
-    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    mesh = _device_mesh(info, shard_group_size)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if precision == "bf16" else None,
                                   reduce_dtype=torch.float32)
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def _device_mesh(info: DistInfo, shard_group_size: int | None):
+    if shard_group_size is None or shard_group_size >= info.world_size:
+        return init_device_mesh(info.device.type, (info.world_size,))
+    if info.world_size % shard_group_size:
+        raise ConfigError(f"train.shard_group_size ({shard_group_size}) does not divide the {info.world_size} "
+                          "processes", "pass the processes per node as --train.shard_group_size")
+    # FSDP2 replicates over a 2-D mesh's first dimension and shards over its second.
+    return init_device_mesh(info.device.type, (info.world_size // shard_group_size, shard_group_size),
+                            mesh_dim_names=("replicate", "shard"))
+
+
+def on_meta_device(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
+def materialize(model: nn.Module, device: torch.device) -> nn.Module:
+    """Give a model built on the meta device (`build_model(..., device="meta")`) its memory on `device`, and
+    initialise it with the model's own `reset_parameters`.
+
+    Called after `apply_fsdp`, each rank allocates only its shards: a 7B model never exists whole on one
+    rank. A model that is not on the meta device is returned unchanged."""
+    if not on_meta_device(model):
+        return model
+    if any(True for _ in model.buffers()):  # their values come from the constructor, which never ran for real
+        raise ConfigError(f"{type(model).__name__} has buffers, which a model built on the meta device lacks",
+                          "build this model on a real device")
+    model.to_empty(device=device)
+    with torch.no_grad():
+        unwrap(model).reset_parameters()
     return model
 
 

@@ -109,6 +109,29 @@ def _read_examples(cls: type[Task], settings: TaskSettings, paths: dict) -> _Exa
     return _Examples(train, valid, carved)
 
 
+def build_job(task: str, *, data: TaskDataConfig, model: StartConfig, train: TrainConfig,
+              method: MethodConfig | None = None, balance: BalanceConfig | None = None,
+              augment: AugmentConfig | None = None, decode: DecodeConfig | None = None,
+              shard: list[int] | None = None) -> tuple[TrainingJob, dict]:
+    """A fine-tuning job built in this process without a run directory: (job, state), where `state` holds the
+    task, the examples and their validation features. `shard`: indices of the training examples to keep
+    (after reading; the labels are fitted on all of them)."""
+    cls = task_class(task)
+    settings = TaskSettings(data=data, balance=balance or BalanceConfig(), augment=augment or AugmentConfig(),
+                            decode=decode or DecodeConfig(), method=method or MethodConfig())
+    state: dict = {"shard": shard}
+    job = _build_job(cls, settings, model, train, _data_paths(data), DistInfo(), state)
+    return job, state
+
+
+def read_train_examples(task: str, data: TaskDataConfig) -> list[dict]:
+    """The training examples a fine-tuning run on `data` would read (validation carved out, limits applied)."""
+    cls = task_class(task)
+    settings = TaskSettings(data=data, balance=BalanceConfig(), augment=AugmentConfig(), decode=DecodeConfig(),
+                            method=MethodConfig())
+    return _read_examples(cls, settings, _data_paths(data)).train
+
+
 def _build_job(cls: type[Task], settings: TaskSettings, start: StartConfig, train: TrainConfig, paths: dict,
                dist: DistInfo, state: dict) -> TrainingJob:
     data, method = settings.data, settings.method
@@ -123,6 +146,9 @@ def _build_job(cls: type[Task], settings: TaskSettings, start: StartConfig, trai
     extra = {"block_size": int(backbone.config.to_dict().get("block_size", data.max_length)), "source": source}
     task = cls(settings, tokenizer, backbone.family, labels=cls(settings, None, "gpt").fit_labels(examples.train),
                extra=extra)
+    if state.get("shard") is not None:
+        # A federated client: the labels (and so the head) are the whole training set's, the examples its own.
+        examples.train = [examples.train[i] for i in state["shard"]]
     augment = settings.augment
     paraphrase = back_translator(augment) if augment.back_translation and augment.copies else None
     examples.train = task.resample(task.augment(examples.train, paraphrase), train.seed)

@@ -89,8 +89,19 @@ def write_results(folder: Path, results: dict) -> dict:
     stamp = time.strftime("%Y-%m-%dT%H-%M-%S")
     samples = results.pop("samples", None) or {}
     for task, rows in samples.items():
-        lines = [json.dumps(row, default=handle_non_serializable, ensure_ascii=False) for row in rows]
+        lines = [json.dumps(as_logged(row), default=handle_non_serializable, ensure_ascii=False) for row in rows]
         write_text_atomic(folder / f"samples_{task}_{stamp}.jsonl", "\n".join(lines) + "\n")
     path = folder / f"results_{stamp}.json"
     write_json_atomic(path, json.loads(json.dumps(results, default=handle_non_serializable)))
     return {**results, "results_path": str(path)}
+
+
+def as_logged(sample: dict) -> dict:
+    """One example as lm-eval's command line logs it (its EvaluationTracker): each request's arguments as
+    {"gen_args_I": {"arg_J": ...}}, responses as strings, the target as a string."""
+    from lm_eval.utils import sanitize_list  # optional, and slow to import
+
+    arguments = {f"gen_args_{i}": {f"arg_{j}": a for j, a in enumerate(args)}
+                 for i, args in enumerate(sample["arguments"])}
+    return {**sample, "arguments": arguments, "resps": sanitize_list(sample["resps"]),
+            "filtered_resps": sanitize_list(sample["filtered_resps"]), "target": str(sample["target"])}

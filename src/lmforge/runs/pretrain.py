@@ -92,7 +92,7 @@ def _build_job(data: DataConfig, spec: ModelSpec, train: TrainConfig, objective:
         raise DataError(f"validation split has {len(val_tokens)} tokens, fewer than one context of {seq_len}",
                         "use more data, a larger --data.val_fraction or a smaller --train.seq_len")
     torch.manual_seed(train.seed)
-    net = start[0].train() if start is not None else build_model(cfg)
+    net = start[0].train() if start is not None else _fresh_model(cfg, train, dist)
     objective.prepare_model(net)
     evaluate = validation_evaluator(objective, val_tokens, seq_len, train.batch_size, train.eval_batches, meta,
                                     tokenizer)
@@ -105,6 +105,16 @@ def _build_job(data: DataConfig, spec: ModelSpec, train: TrainConfig, objective:
     return TrainingJob(model=net, objective=objective, loader=loader, evaluate=evaluate, recipe=recipe,
                        save_tokenizer=lambda d: shutil.copyfile(data_dir / "tokenizer.json", d / "tokenizer.json"),
                        fit=fit, on_step=on_step)
+
+
+def _fresh_model(cfg, train: TrainConfig, dist: DistInfo):
+    """A new model; sharded over several processes it is built on the meta device, so that no rank ever holds
+    it whole: the trainer gives each rank memory for its shards only, then initialises them."""
+    if train.parallel == "fsdp" and dist.enabled:
+        model = build_model(cfg, device="meta")
+        if not any(True for _ in model.buffers()):  # buffers (sinusoidal positions) need the real constructor
+            return model
+    return build_model(cfg)
 
 
 def _prepared_data(data: DataConfig, train: TrainConfig, objective: Objective, start, dist: DistInfo,

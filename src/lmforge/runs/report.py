@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from lmforge.atomic import atomic_directory
 from lmforge.config import TaskDataConfig
 from lmforge.errors import ConfigError
-from lmforge.eval.agreement import agreement, median_latency
+from lmforge.eval.agreement import agreement, interleaved_latency
 from lmforge.eval.perplexity import perplexity_of_run
 from lmforge.models.registry import load_model
 from lmforge.runs.quantize import check_derived_out
@@ -45,15 +45,19 @@ def compress_report(runs: list[str | Path], out: str | Path, *, data: str | None
     if len(task_runs) > 1:
         raise ConfigError("compress report mixes fine-tuned and language-model runs",
                           "report a run and the variants made from it")
-    rows, reference = [], None
+    rows, calls, reference = [], [], None
     for run in runs:
-        row, logits = (_task_row(run, seq_len, repeats) if task_runs == {True}
-                       else _lm_row(run, data, seq_len, repeats))
+        row, logits, inputs = _task_row(run, seq_len) if task_runs == {True} else _lm_row(run, data, seq_len)
         if reference is None:
             reference = logits
         elif logits is not None and reference is not None:
             row.update(agreement(reference, logits))
         rows.append(row)
+        calls.append(inputs)
+    for b in BATCH_SIZES:  # the runs take turns, so that a change in the machine's load falls on all of them
+        for row, seconds in zip(rows, interleaved_latency([inputs[b] for inputs in calls], repeats=repeats)):
+            row[f"latency_ms_batch{b}"] = round(seconds * 1e3, 3)
+            row[f"sequences_per_s_batch{b}"] = round(b / seconds, 2)
     original = rows[0]
     for row in rows:
         row["speedup_batch1"] = round(original["latency_ms_batch1"] / row["latency_ms_batch1"], 3)
@@ -67,26 +71,21 @@ def compress_report(runs: list[str | Path], out: str | Path, *, data: str | None
     return report
 
 
-def _common(run: Path, model, inputs: dict, repeats: int) -> dict:
-    """Size, parameters and latency of `model` on inputs made by `inputs[b]` for each batch size b."""
-    row = {"run": str(run), "size_mb": round((run / "model.safetensors").stat().st_size / 1e6, 3),
-           "parameters": _parameters(model)}
-    for b in BATCH_SIZES:
-        seconds = median_latency(inputs[b], repeats=repeats)
-        row[f"latency_ms_batch{b}"] = round(seconds * 1e3, 3)
-        row[f"sequences_per_s_batch{b}"] = round(b / seconds, 2)
-    return row
+def _common(run: Path, model) -> dict:
+    return {"run": str(run), "size_mb": round((run / "model.safetensors").stat().st_size / 1e6, 3),
+            "parameters": _parameters(model)}
 
 
 def _parameters(model) -> int:
-    """Weights the model computes with, counting each quantized matrix at its logical size."""
+    """Weights the model holds, each quantized matrix at its logical size (a quantized output layer that shared
+    the embedding matrix is a matrix of its own, and counts as one)."""
     dense = sum(p.numel() for p in model.parameters())
     packed = sum(m.in_features * m.out_features for m in model.modules()
-                 if hasattr(m, "in_features") and not isinstance(m, torch.nn.Linear))
+                 if hasattr(m, "weight_int8") or hasattr(m, "weight_int4"))
     return dense + packed
 
 
-def _task_row(run: Path, seq_len: int, repeats: int) -> tuple[dict, torch.Tensor | None]:
+def _task_row(run: Path, seq_len: int) -> tuple[dict, torch.Tensor | None, dict]:
     model, task = load_task_run(run)
     recipe_path = run / "config.yaml"
     recipe = yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file() else {}
@@ -95,17 +94,19 @@ def _task_row(run: Path, seq_len: int, repeats: int) -> tuple[dict, torch.Tensor
         raise ConfigError(f"{recipe_path} names no validation file", "report runs fine-tuned with data.valid set")
     examples = task.read(resolve_data_path(data.valid))
     features = task.encode_all(examples)
-    figures = task.evaluate(model, examples, features, batch_size=32)
+    with torch.inference_mode():
+        figures = task.evaluate(model.eval(), examples, features, batch_size=32)
     metric = task_class(model.config.task).main_metric
     ids = torch.tensor([t for f in features for t in f["input_ids"]][:seq_len * max(BATCH_SIZES)])
     inputs = {b: (lambda b=b: model(ids[:b * seq_len].view(b, seq_len),
                                     attention_mask=torch.ones(b, seq_len, dtype=torch.long))) for b in BATCH_SIZES}
-    row = {**_common(run, model, inputs, repeats), "metric": metric, "value": figures.get(metric)}
-    logits = task.logits(model, features, 32) if hasattr(task, "logits") else None
-    return row, logits
+    row = {**_common(run, model), "metric": metric, "value": figures.get(metric)}
+    with torch.inference_mode():
+        logits = task.logits(model, features, 32) if hasattr(task, "logits") else None
+    return row, logits, inputs
 
 
-def _lm_row(run: Path, data: str | None, seq_len: int, repeats: int) -> tuple[dict, torch.Tensor | None]:
+def _lm_row(run: Path, data: str | None, seq_len: int) -> tuple[dict, torch.Tensor | None, dict]:
     if data is None:
         raise ConfigError("a language-model report needs text to score", "pass --data TEXT_FILE")
     model, tokenizer = load(run)
@@ -117,11 +118,11 @@ def _lm_row(run: Path, data: str | None, seq_len: int, repeats: int) -> tuple[di
                           "pass a longer text")
     windows = tokens[:seq_len * max(BATCH_SIZES)].view(max(BATCH_SIZES), seq_len)
     inputs = {b: (lambda b=b: model(windows[:b])) for b in BATCH_SIZES}
-    row = _common(run, model, inputs, repeats)
+    row = _common(run, model)
     row.update(metric="perplexity", value=perplexity_of_run(run, resolve_data_path(data))["perplexity"])
     with torch.inference_mode():
         logits = model(windows)
-    return row, logits if torch.is_tensor(logits) else logits[0]
+    return row, logits if torch.is_tensor(logits) else logits[0], inputs
 
 
 def markdown_table(rows: list[dict]) -> str:

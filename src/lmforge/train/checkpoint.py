@@ -6,6 +6,12 @@ Layout inside a run directory::
     checkpoints/best/            the same, for the lowest validation loss
     model.safetensors, config.json, state/   a copy of the latest checkpoint (what `load_model(RUN)` reads)
 
+or, with `--train.checkpoint_format sharded` (torch.distributed.checkpoint, each rank writing its shards)::
+
+    checkpoints/step_00000500/   sharded/ (.metadata, one __RANK_0.distcp per rank), config.json, rng.safetensors,
+                                 state.json
+    config.json                  a copy of the latest checkpoint's (`lmforge convert RUN` assembles the weights)
+
 Each checkpoint directory is assembled under a temporary name and renamed into place, so a
 process killed at any moment leaves either the previous checkpoint or the new one, never half.
 """
@@ -22,8 +28,10 @@ from safetensors.torch import load_file
 from lmforge.atomic import save_safetensors_atomic, write_json_atomic
 from lmforge.errors import CheckpointError
 from lmforge.models.common.state import state_mismatch
+from lmforge.parallel import is_complete
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+SHARDED = "sharded"  # the torch.distributed.checkpoint folder inside a sharded checkpoint
 
 
 def optimizer_to_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -72,24 +80,26 @@ def write_checkpoint(directory: Path, weights: dict[str, torch.Tensor], config: 
     """Write a complete checkpoint to `directory` via a temporary sibling and one rename: `weights` (each tied
     tensor once), the model's `config` dict, an optimizer state dict and the trainer's `state`."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temporary_for(directory)
     try:
         save_safetensors_atomic(weights, tmp / "model.safetensors", metadata={"format": "pt"})
         write_json_atomic(tmp / "config.json", config)
         opt_tensors, opt_meta = optimizer_to_tensors(optimizer_state)
         save_safetensors_atomic({**opt_tensors, **rng_state()}, tmp / "optimizer.safetensors")
         write_json_atomic(tmp / "state.json", {**state, "optimizer": opt_meta})
-        old = directory.with_name(directory.name + ".old")
-        if directory.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
+        _replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace(tmp: Path, directory: Path) -> None:
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def step_checkpoints(run_dir: Path) -> list[Path]:
@@ -104,7 +114,41 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     for path in reversed(step_checkpoints(run_dir)):
         if all((path / f).is_file() for f in ("model.safetensors", "optimizer.safetensors", "state.json")):
             return path
+        if is_sharded_checkpoint(path):
+            return path
     return None
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return (path / "state.json").is_file() and is_complete(path / SHARDED)
+
+
+def temporary_for(directory: Path) -> Path:
+    """An empty sibling of `directory` to assemble it in."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def finish_sharded(tmp: Path, directory: Path, config: dict, state: dict) -> None:
+    """Complete a sharded checkpoint whose shards every rank has written into `tmp/sharded`: add the model
+    config, trainer state and RNG, then rename it to `directory` (replacing an older one of that name)."""
+    write_json_atomic(tmp / "config.json", config)
+    save_safetensors_atomic(rng_state(), tmp / "rng.safetensors")
+    write_json_atomic(tmp / "state.json", state)
+    _replace(tmp, directory)
+
+
+def read_sharded_state(path: Path) -> dict:
+    """The trainer state of sharded checkpoint `path`; restores the RNG it saved."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        restore_rng(load_file(str(path / "rng.safetensors")))
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__})",
+                              f"delete {path} to resume from the previous checkpoint") from None
+    return state
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
@@ -143,3 +187,10 @@ def publish(checkpoint: Path, run_dir: Path) -> None:
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.copyfile(checkpoint / name, tmp)
         tmp.replace(dest)
+
+
+def publish_config(checkpoint: Path, run_dir: Path) -> None:
+    """Copy a sharded checkpoint's model config to the top of the run directory."""
+    tmp = Path(run_dir) / ".config.json.tmp"
+    shutil.copyfile(checkpoint / "config.json", tmp)
+    tmp.replace(Path(run_dir) / "config.json")

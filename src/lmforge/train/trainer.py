@@ -23,8 +23,8 @@ from lmforge.config import PrivacyConfig, TrainConfig
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.models.registry import applied_transforms, tied_keys
 from lmforge.parallel import (DistInfo, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_ddp,
-                              apply_fsdp, clip_grad_norm, full_state, is_sharded, load_full_state, skip_gradient_sync,
-                              unwrap)
+                              apply_fsdp, barrier, clip_grad_norm, full_state, is_sharded, load_full_state,
+                              load_sharded, materialize, on_meta_device, save_sharded, skip_gradient_sync, unwrap)
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.metrics_log import LogWindow, MetricsLog
 from lmforge.train.objectives import CausalLM, Objective, as_batch
@@ -32,7 +32,7 @@ from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
 from lmforge.train.precision import autocast, grad_scaler, resolve_precision
 from lmforge.train.privacy import PrivateTraining
 from lmforge.train.threads import ThreadTuner
-
+from lmforge.train.utilisation import device_peak_tflops, mfu, model_flops_per_token, peak_memory_gb
 
 
 @dataclass
@@ -62,7 +62,8 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.device = self.dist.device
         self.run_dir = Path(run_dir)
-        self.model = model.to(self.device)
+        # A model built on the meta device is given memory only once sharded (below), each rank its shards.
+        self.model = model if on_meta_device(model) else model.to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.grad_accum = micro_batches_per_step(cfg, self.dist)
         self.tied = tied_keys(self.model)  # before sharding, which gives every key its own tensor
@@ -75,6 +76,7 @@ class Trainer:
         if self.privacy is None:
             # FSDP replaces the parameters with sharded ones, which the optimizer must hold: wrap first.
             self.wrapped = self._wrap(self.model)
+        materialize(self.model, self.device)
         self.optimizer = build_optimizer(self.model, cfg, device_type=self.device.type, sharded=is_sharded(self.model))
         if self.privacy is not None:
             # Opacus hooks the bare model's layers; wrapping (DDP, compile) comes after them.
@@ -87,6 +89,7 @@ class Trainer:
         self.threads = ThreadTuner() if cfg.threads == "auto" else None
         self.state = TrainerState()
         self.stop_reason = ""
+        self.seq_len = 0  # of the latest batch, for the FLOPs per token
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """Activation checkpointing -> compile -> DDP or FSDP, each applied from outside the model."""
@@ -95,7 +98,8 @@ class Trainer:
             apply_compile(model)
         if self.cfg.parallel == "fsdp":
             return apply_fsdp(model, self.dist, precision=self.precision,
-                              reshard_after_forward=self.cfg.reshard_after_forward)
+                              reshard_after_forward=self.cfg.reshard_after_forward,
+                              shard_group_size=self.cfg.shard_group_size)
         return apply_ddp(model, self.dist)
 
     # ------------------------------------------------------------------ one optimizer step
@@ -167,6 +171,7 @@ class Trainer:
         try:
             while st.step < cfg.max_steps:
                 batches = [self.loader.next_batch() for _ in range(self.grad_accum)]
+                self.seq_len = int(as_batch(batches[0])["input_ids"].shape[-1])
                 loss = self.train_step(batches)
                 if not math.isfinite(loss):
                     self._stop_on_nan(loss)
@@ -212,10 +217,16 @@ class Trainer:
         mean_loss, tps = window.close()
         terms = {f"train_{t}": v for t, v in self.last_terms.items()} if len(self.last_terms) > 1 else {}
         private = self.privacy.figures() if self.privacy is not None else {}
+        flops = model_flops_per_token(unwrap(self.model), self.seq_len)
+        utilisation = mfu(tps, flops, device_peak_tflops(self.device, self.precision), self.dist.world_size)
+        hardware = {"peak_memory_gb": round(peak_memory_gb(self.device), 3),
+                    **({"mfu": round(utilisation, 4)} if utilisation is not None else {})}
         metrics.write({"step": st.step, "train_loss": mean_loss, **terms, "lr": self.optimizer.param_groups[0]["lr"],
-                       "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds, **private})
+                       "tokens": st.tokens, "tokens_per_second": tps, "elapsed": st.wall_seconds, **hardware,
+                       **private})
         if bar is not None:
-            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}",
+                            **({"mfu": f"{utilisation:.1%}"} if utilisation is not None else {}))
 
     def _evaluate(self) -> dict:
         bare = unwrap(self.model)
@@ -243,6 +254,8 @@ class Trainer:
 
     def _write_checkpoint(self, path: Path) -> bool:
         """Write a checkpoint from rank 0 (under FSDP every rank takes part in gathering the state)."""
+        if self.cfg.checkpoint_format == "sharded":
+            return self._write_sharded(path)
         weights, optimizer_state = full_state(self.model, self.optimizer)
         if not self.dist.is_main:
             return False
@@ -252,11 +265,26 @@ class Trainer:
                               self._state_dict())
         return True
 
+    def _write_sharded(self, path: Path) -> bool:
+        """Every rank writes its own shards into a temporary folder, which rank 0 completes and renames into
+        place once all of them are written: a rank killed mid-save leaves the previous checkpoint the newest."""
+        tmp = ckpt.temporary_for(path) if self.dist.is_main else path.with_name(path.name + ".tmp")
+        barrier(self.dist)
+        save_sharded(tmp / ckpt.SHARDED, self.model, self.optimizer)
+        if self.dist.is_main:
+            config = unwrap(self.model).config.to_dict()
+            ckpt.finish_sharded(tmp, path, config, {**self._state_dict(), "world_size": self.dist.world_size})
+        barrier(self.dist)
+        return self.dist.is_main
+
     def save(self) -> Path | None:
         path = self.run_dir / "checkpoints" / f"step_{self.state.step:08d}"
         if not self._write_checkpoint(path):
             return None
-        ckpt.publish(path, self.run_dir)
+        if self.cfg.checkpoint_format == "sharded":
+            ckpt.publish_config(path, self.run_dir)
+        else:
+            ckpt.publish(path, self.run_dir)
         ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
         return path
 
@@ -264,8 +292,13 @@ class Trainer:
         path = ckpt.latest_checkpoint(self.run_dir)
         if path is None:
             return
-        weights, optimizer_state, saved = ckpt.read_checkpoint(path, self.model.state_dict(), optional=self.tied)
-        load_full_state(self.model, self.optimizer, weights, optimizer_state)
+        if ckpt.is_sharded_checkpoint(path):
+            saved = ckpt.read_sharded_state(path)
+            saved.pop("world_size", None)
+            load_sharded(path / ckpt.SHARDED, self.model, self.optimizer)
+        else:
+            weights, optimizer_state, saved = ckpt.read_checkpoint(path, self.model.state_dict(), optional=self.tied)
+            load_full_state(self.model, self.optimizer, weights, optimizer_state)
         self.loader.load_state_dict(saved.pop("loader"))
         if self.privacy is not None:
             self.privacy.load_state_dict(saved.pop("privacy", None))
