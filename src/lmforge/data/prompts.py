@@ -26,6 +26,7 @@ summarize, translate and qa.
 from __future__ import annotations
 
 import string
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -56,7 +57,7 @@ def _fill(name: str, text: str, variables: Sequence[str], example: Mapping) -> s
 
 
 @dataclass
-class _Template:
+class _Template(ABC):
     name: str
     query: str
     instruction: str = ""
@@ -80,8 +81,9 @@ class _Template:
         """The query with the example's fields in it."""
         return _fill(self.name, self.query, self.variables, example)
 
+    @abstractmethod
     def answer_of(self, example: Mapping) -> str:
-        raise NotImplementedError
+        """The exemplar's answer: a label's verbaliser (classification) or the reference text (generation)."""
 
     def exemplar(self, example: Mapping) -> str:
         head = self.fill(example)
