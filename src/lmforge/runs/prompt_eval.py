@@ -95,14 +95,8 @@ def prompt_eval(run_dir: str | Path, *, train: str | Path, template: str | Path,
     if seeds < 1 or any(k < 0 for k in shots) or not shots:
         raise ConfigError("need at least one seed and non-negative shot counts", "pass e.g. --shots 0,1,4 --seeds 5")
     pool, examples = read_splits(tpl, train, data, val_fraction, _read)
-    examples = examples[:limit] if limit else examples
-    # Mistakes in the template, the shots or the fine-tuned run are reported before any model loads.
-    tpl.fill(examples[0])
-    tpl.exemplar(pool[0])
-    fine = finetuned_metric(finetuned)
-    picker = ShotPicker(pool, examples, tpl, how=selection, order=order, encoder=encoder)
-    for k in shots:
-        picker.check(k)
+    examples, fine, picker = checked_setup(tpl, pool, examples[:limit] if limit else examples, shots, finetuned,
+                                          selection=selection, order=order, encoder=encoder)
     model, tokenizer = load(run_dir, device=device)
     rows = []
     for k in shots:
@@ -118,6 +112,19 @@ def prompt_eval(run_dir: str | Path, *, train: str | Path, template: str | Path,
     write_text_atomic(out / "prompt_eval.md", markdown_table(result))
     plot_prompt_eval(result, out / "prompt_eval.png")
     return result
+
+
+def checked_setup(tpl, pool: list[dict], examples: list[dict], shots: Sequence[int], finetuned, *, selection: str,
+                  order: str, encoder) -> tuple[list[dict], dict | None, ShotPicker]:
+    """(examples, the fine-tuned run's metric, the exemplar picker), after the template, the shots and the
+    fine-tuned run are checked: mistakes there are reported before any model loads."""
+    tpl.fill(examples[0])
+    tpl.exemplar(pool[0])
+    fine = finetuned_metric(finetuned)
+    picker = ShotPicker(pool, examples, tpl, how=selection, order=order, encoder=encoder)
+    for k in shots:
+        picker.check(k)
+    return examples, fine, picker
 
 
 def finetuned_metric(run_dir: str | Path | None) -> dict | None:

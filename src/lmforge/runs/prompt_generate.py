@@ -22,8 +22,8 @@ from lmforge.data.formats.reading import read_examples
 from lmforge.data.prompts import GenerationTemplate, load_template
 from lmforge.errors import ConfigError
 from lmforge.eval.generation import bleu, rouge, squad_scores
-from lmforge.runs.prompt_eval import finetuned_metric, read_splits
-from lmforge.runs.prompting import ShotPicker, check_fits, greedy, reason, summary
+from lmforge.runs.prompt_eval import checked_setup, read_splits
+from lmforge.runs.prompting import check_fits, greedy, reason, summary
 from lmforge.runs.rundir import check_out, load
 
 MAIN_METRIC = {"summarize": "rougeL", "translate": "bleu", "qa": "f1"}
@@ -66,13 +66,8 @@ def prompt_generate(run_dir: str | Path, *, task: str, train: str | Path, templa
     if seeds < 1 or any(k < 0 for k in shots) or not shots:
         raise ConfigError("need at least one seed and non-negative shot counts", "pass e.g. --shots 0,1 --seeds 3")
     pool, examples = read_splits(tpl, train, data, val_fraction, _reader(task, train_target, data_target))
-    examples = examples[:limit] if limit else examples
-    tpl.fill(examples[0])
-    tpl.exemplar(pool[0])
-    fine = finetuned_metric(finetuned)
-    picker = ShotPicker(pool, examples, tpl, how=selection, order=order, encoder=encoder)
-    for k in shots:
-        picker.check(k)
+    examples, fine, picker = checked_setup(tpl, pool, examples[:limit] if limit else examples, shots, finetuned,
+                                          selection=selection, order=order, encoder=encoder)
     model, tokenizer = load(run_dir, device=device)
     rows, samples = [], {}
     for k in shots:
