@@ -76,6 +76,38 @@ def test_fedavg_of_one_local_step_equals_centralised_training_on_the_same_batch(
     assert lf.predict(tmp_path / "fed", str(tmp_path / "dev.txt"), output=str(tmp_path / "p.jsonl")) == 8
 
 
+# ---------------------------------------------------------------- DP-SGD on the clients
+def test_private_clients_spend_their_budget_over_all_rounds_as_opacus_accounts_it(tmp_path):
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.utils import get_noise_multiplier
+
+    n, clients, rounds, local_steps, batch = 32, 2, 2, 3, 4
+    data = _data(tmp_path, n)
+    train = TrainConfig(batch_size=batch, lr=1e-2, precision="fp32", progress=False)
+    summary = lf.federate("classify", data=data, model=START, out=tmp_path / "fed", train=train,
+                          federation=lf.FederateConfig(clients=clients, rounds=rounds, local_steps=local_steps),
+                          privacy=lf.PrivacyConfig(epsilon=3.0))
+    # The independent reference: Opacus's own noise search and accountant for one client's sampling rate,
+    # over every step it takes in the federation.
+    shard, delta = n // clients, 1 / (10 * (n // clients))
+    rate = 1 / -(-shard // batch)
+    sigma = get_noise_multiplier(target_epsilon=3.0, target_delta=delta, sample_rate=rate,
+                                 steps=rounds * local_steps, accountant="prv")
+    accountant = PRVAccountant()
+    accountant.history = [(sigma, rate, rounds * local_steps)]
+    expected = accountant.get_epsilon(delta)
+    assert summary["epsilon"] == pytest.approx(expected, rel=0.01)
+    assert summary["epsilon"] == pytest.approx(3.0, rel=0.02)
+    assert set(summary["client_epsilon"]) == {0, 1}
+    # Round 1 spent half the steps: the accountant's history carried into round 2's trainer.
+    first, second = summary["rounds"][1]["epsilon"], summary["rounds"][2]["epsilon"]
+    half = PRVAccountant()
+    half.history = [(sigma, rate, local_steps)]
+    assert first == pytest.approx(half.get_epsilon(delta), rel=0.01) and second > first * 1.2
+    recipe = (tmp_path / "fed" / "config.yaml").read_text()
+    assert "privacy:" in recipe and "epsilon: 3.0" in recipe
+
+
 # ---------------------------------------------------------------- the Dirichlet split
 def test_dirichlet_partition_is_a_disjoint_cover_with_shares_skewed_by_alpha():
     labels = [i % 3 for i in range(3000)]
@@ -142,6 +174,8 @@ def test_a_client_killed_mid_round_leaves_the_federation_going(tmp_path):
     (["--strategy", "fedsgd"], "unknown strategy 'fedsgd'"),
     (["--partition", "dirichlet", "--alpha", "0"], "alpha must be positive"),
     (["--fraction_fit", "0"], "fraction_fit must be in (0, 1]"),
+    (["--clients", "4", "--privacy.epsilon", "8", "--privacy.delta", "0.1"], "smallest client's N = 15 examples"),
+    (["--privacy.epsilon", "-1"], "privacy.epsilon must be a positive number"),
 ])
 def test_bad_federation_input_is_one_error_line_with_exit_2(tmp_path, capsys, extra, message):
     data = _data(tmp_path, 60)

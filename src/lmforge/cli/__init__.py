@@ -91,11 +91,13 @@ def _federate(args, sections) -> None:
     federation = FederateConfig(**{name: args[name] for name in field_names(FederateConfig)})
     summary = api.federate(args.task, data=sections.data, model=sections.model, federation=federation,
                            method=sections.method, train=sections.train, balance=sections.balance,
-                           augment=sections.augment, decode=sections.decode, out=args.out)
+                           augment=sections.augment, decode=sections.decode, out=args.out,
+                           privacy=sections.privacy)
     metric = summary.get("main_metric")
     shown = f", {metric} {summary[metric]:.4f}" if summary.get(metric) is not None else ""
     failed = f", clients lost: {', '.join(map(str, summary['failed_clients']))}" if summary["failed_clients"] else ""
-    print(f"done: {summary['rounds_completed']} rounds{shown}{failed} -> {args.out}")
+    private = f", epsilon {summary['epsilon']:.2f} (largest over the clients)" if "epsilon" in summary else ""
+    print(f"done: {summary['rounds_completed']} rounds{shown}{private}{failed} -> {args.out}")
 
 
 def _predict(args, sections) -> None:

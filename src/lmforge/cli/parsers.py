@@ -101,6 +101,7 @@ def federate_parser() -> ArgumentParser:
     p.add_argument("--config", action=ActionConfigFile, help="YAML fine-tuning recipe (see configs/finetune/)")
     p.add_argument("--task", required=True, help="classify, ner, qa, translate, summarize or chat")
     dataclass_arguments(p, FederateConfig)
+    p.add_class_arguments(PrivacyConfig, "privacy")
     fine_tuning_sections(p)
     return p
 

@@ -12,6 +12,8 @@ starting model from the recipe and its seed, and fits the labels on the whole tr
 whose shard lacks a class still has the global head. A client that fails or dies during a round is left
 out of that round's average and of later rounds; the run records it and goes on while a client is left.
 Each round's local training starts a fresh optimizer at the recipe's learning rate without warmup or decay.
+With `privacy` each client trains with DP-SGD on its own shard (see lmforge.runs.federate_client); every
+round records the largest epsilon a client has spent so far, and the summary the final one.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lmforge.atomic import RunDirectory, write_json_atomic, write_text_atomic
-from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, StartConfig, TaskDataConfig,
-                            TrainConfig, to_yaml)
+from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, PrivacyConfig, StartConfig,
+                            TaskDataConfig, TrainConfig, to_yaml)
 from lmforge.data.partition import PARTITIONS, label_counts, partition_indices
 from lmforge.errors import ConfigError
 from lmforge.models.registry import save_model
@@ -76,9 +78,12 @@ class FederateConfig:
 def federate(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | Path,
              federation: FederateConfig | None = None, method: MethodConfig | None = None,
              train: TrainConfig | None = None, balance: BalanceConfig | None = None,
-             augment: AugmentConfig | None = None, decode: DecodeConfig | None = None) -> dict:
+             augment: AugmentConfig | None = None, decode: DecodeConfig | None = None,
+             privacy: PrivacyConfig | None = None) -> dict:
     """Federated fine-tuning of `model` for `task` into the run directory `out` (see the module docstring);
-    returns the summary: the final global model's validation metrics and each round's record."""
+    returns the summary: the final global model's validation metrics and each round's record. `privacy` with
+    an epsilon or a noise multiplier makes every client train with DP-SGD; epsilon is then each client's
+    budget over all the rounds."""
     fed, train = federation or FederateConfig(), train or TrainConfig()
     sections = {"data": data, "model": model, "method": method or MethodConfig(), "balance": balance or BalanceConfig(),
                 "augment": augment or AugmentConfig(), "decode": decode or DecodeConfig()}
@@ -94,6 +99,9 @@ def federate(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | 
     examples = read_train_examples(task, data)
     shards = partition_indices(_labels(examples, fed.partition), fed.clients, how=fed.partition, alpha=fed.alpha,
                                seed=fed.seed)
+    private = privacy is not None and privacy.enabled
+    if private:
+        _check_private_shards(privacy, shards)
     local = replace(train, max_steps=fed.local_steps, warmup_steps=0, schedule="constant", max_seconds=None,
                     eval_interval=fed.local_steps, checkpoint_interval=fed.local_steps, progress=False, threads=1,
                     early_stopping_patience=None)
@@ -102,14 +110,26 @@ def federate(task: str, *, data: TaskDataConfig, model: StartConfig, out: str | 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "clients").mkdir(exist_ok=True)
         spec = {"task": task, "shards": shards, "train": asdict(local),
-                **{name: asdict(section) for name, section in sections.items()}}
+                **{name: asdict(section) for name, section in sections.items()},
+                "privacy": asdict(privacy) if private else None, "privacy_steps": fed.rounds * fed.local_steps}
         write_json_atomic(run_dir / "clients" / "spec.json", spec)
         rounds = run_federation(job, state, fed, run_dir, run)
-        recipe = {"task": task, **sections, "train": train, "federation": fed}
+        recipe = {"task": task, **sections, "train": train, "federation": fed,
+                  **({"privacy": privacy} if private else {})}
         write_text_atomic(run_dir / "config.yaml", to_yaml(recipe))
         job.save_tokenizer(run_dir)
         save_model(job.model, run_dir)
     return _finish(run_dir, rounds, fed, cls.main_metric, examples, shards)
+
+
+def _check_private_shards(privacy: PrivacyConfig, shards: list[list[int]]) -> None:
+    smallest = min(len(s) for s in shards)
+    if smallest == 0:
+        raise ConfigError("a client's shard is empty, and DP-SGD needs examples to sample",
+                          "use fewer --clients or a larger --alpha")
+    if privacy.delta is not None and privacy.delta >= 1.0 / smallest:
+        raise ConfigError(f"privacy.delta ({privacy.delta:g}) must be below 1 / N = {1 / smallest:.3g} for the "
+                          f"smallest client's N = {smallest:,} examples", f"pass e.g. --privacy.delta {0.1 / smallest:.1g}")
 
 
 def _labels(examples: list[dict], partition: str) -> list[str]:
@@ -130,6 +150,8 @@ def _finish(run_dir: Path, rounds: list[dict], fed: FederateConfig, metric: str,
                "train_examples": len(examples), "client_examples": [len(s) for s in shards],
                "client_labels": label_counts(labels, shards) if fed.partition == "dirichlet" else None,
                "failed_clients": sorted({c for r in rounds for c in r.get("failed_clients", [])}),
+               **({"epsilon": rounds[-1]["epsilon"], "client_epsilon": rounds[-1]["client_epsilon"]}
+                  if "epsilon" in rounds[-1] else {}),
                "rounds": rounds}
     write_json_atomic(run_dir / "summary.json", summary)
     plot_rounds(rounds, metric, run_dir / "plots" / "rounds.png")

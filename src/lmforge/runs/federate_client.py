@@ -4,6 +4,9 @@ It builds the recipe's model and its own shard of the training examples (SPEC, w
 the Flower server at ADDRESS, and for every round it is sampled in: takes the global trainable parameters,
 trains them for the spec's local steps with lmforge's trainer, and sends them back with its shard size.
 FedProx rounds (the server sends `proximal_mu`) add mu/2 |w - w_global|^2 to the local loss.
+With privacy options each client trains with DP-SGD on its own shard (record-level privacy for its examples):
+one budget covers all its rounds, so the noise is chosen for rounds x local steps, and the accountant's
+history and the Poisson sampler's cursor carry from one round's trainer to the next.
 """
 from __future__ import annotations
 
@@ -17,10 +20,11 @@ import time
 import flwr
 import torch
 
-from lmforge.config import AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, StartConfig, TaskDataConfig, \
-    TrainConfig
+from lmforge.config import AugmentConfig, BalanceConfig, DecodeConfig, MethodConfig, PrivacyConfig, StartConfig, \
+    TaskDataConfig, TrainConfig
 from lmforge.runs.federate_server import get_trainable, set_trainable, trainable_names
 from lmforge.runs.finetune import build_job
+from lmforge.train.privacy import noise_for_budget
 from lmforge.train.trainer import Trainer
 
 
@@ -58,6 +62,10 @@ class FederatedClient(flwr.client.NumPyClient):
         self.shard = spec["shards"][index]
         self.job, _ = build_job(spec["task"], train=self.train, shard=self.shard, **sections)
         self.names = trainable_names(self.job.model)
+        privacy = spec.get("privacy")
+        self.privacy = noise_for_budget(PrivacyConfig(**privacy), len(self.shard), self.train.batch_size,
+                                        spec["privacy_steps"]) if privacy else None
+        self.private_state: tuple[dict, dict] | None = None  # accountant history, sampler cursor
         self.work = tempfile.mkdtemp(prefix=f"lmforge-client{index}-")
         say(f"client {index} (pid {os.getpid()}): {len(self.shard)} examples, {len(self.names)} trainable tensors")
 
@@ -72,12 +80,21 @@ class FederatedClient(flwr.client.NumPyClient):
             else self.job.objective
         say(f"client {self.index} (pid {os.getpid()}) round {round_no}: training {self.train.max_steps} steps")
         start = time.perf_counter()
-        trainer = LocalTrainer(self.job.model, self.job.loader, self.train, self.work, objective=objective)
+        trainer = LocalTrainer(self.job.model, self.job.loader, self.train, self.work, objective=objective,
+                               privacy=self.privacy)
+        if trainer.privacy is not None and self.private_state is not None:
+            trainer.privacy.load_state_dict(self.private_state[0])
+            trainer.loader.load_state_dict(self.private_state[1])
         loss = float(trainer.fit()["train_loss"])
         seconds = time.perf_counter() - start
-        say(f"client {self.index} round {round_no}: sent (train loss {loss:.4f}, {seconds:.1f} s)")
-        return get_trainable(self.job.model, self.names), len(self.shard), \
-            {"client": self.index, "train_loss": loss, "seconds": seconds}
+        metrics = {"client": self.index, "train_loss": loss, "seconds": seconds}
+        if trainer.privacy is not None:
+            self.private_state = trainer.privacy.state_dict(), trainer.loader.state_dict()
+            trainer.privacy.detach()
+            metrics["epsilon"] = trainer.privacy.epsilon()
+        spent = f", epsilon {metrics['epsilon']:.3f}" if "epsilon" in metrics else ""
+        say(f"client {self.index} round {round_no}: sent (train loss {loss:.4f}, {seconds:.1f} s{spent})")
+        return get_trainable(self.job.model, self.names), len(self.shard), metrics
 
 
 def say(line: str) -> None:

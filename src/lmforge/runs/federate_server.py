@@ -116,6 +116,7 @@ class RoundRecorder:
     def setup(self, model, names, processes: ClientProcesses, log):
         self.model, self.names, self.processes, self.log = model, names, processes, log
         self.records: dict[int, dict] = {}
+        self.epsilons: dict[int, float] = {}  # with DP clients: the latest epsilon each client reported
 
     def configure_fit(self, server_round, parameters, client_manager):
         client_manager.wait_for_everyone()  # before the strategy counts the clients to sample
@@ -133,6 +134,12 @@ class RoundRecorder:
         record = {"round": server_round, "clients_trained": sorted(int(r.metrics["client"]) for _, r in results),
                   "failures": len(failures), "failed_clients": [i for i, _ in ended],
                   "train_loss": loss if results else None}
+        self.epsilons.update({int(r.metrics["client"]): float(r.metrics["epsilon"]) for _, r in results
+                              if "epsilon" in r.metrics})
+        if self.epsilons:
+            # A client's privacy loss is its own examples'; the federation's guarantee is the weakest client's.
+            record["epsilon"] = max(self.epsilons.values())
+            record["client_epsilon"] = dict(sorted(self.epsilons.items()))
         self.records[server_round] = record
         if failures:
             who = ", ".join(f"client {i} exited with status {code}" for i, code in ended) or "no process exit seen"

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -90,7 +92,7 @@ class PrivateTraining:
         self.frozen = freeze_unreached(model, objective, loader)
         check_layers(model)
         self.tolerance = 1e-2 if precision in ("bf16", "fp16") else 1e-3
-        self.engine = self.optimizer = self.loader = None
+        self.engine = self.optimizer = self.loader = self.hooks = None
         self.noise_multiplier = self.sample_rate = None
         self.checked = False
 
@@ -116,7 +118,7 @@ class PrivateTraining:
             steps=self.train.max_steps, accountant=cfg.accountant)
         self.engine = PrivacyEngine(accountant=cfg.accountant)
         try:
-            _, self.optimizer, dp_loader = self.engine.make_private(
+            self.hooks, self.optimizer, dp_loader = self.engine.make_private(
                 module=self.model, optimizer=optimizer, data_loader=index_loader,
                 noise_multiplier=self.noise_multiplier, max_grad_norm=cfg.max_grad_norm, poisson_sampling=True,
                 wrap_model=False)
@@ -125,6 +127,12 @@ class PrivateTraining:
                               "freeze the layer named (method.*) or train without --privacy") from None
         self.loader = PoissonLoader(self.source, dp_loader.batch_sampler, self.train.seed)
         return self.optimizer, self.loader
+
+    def detach(self) -> None:
+        """Take Opacus's hooks off the model (a federated client trains it again next round, hooked anew)."""
+        if self.hooks is not None:
+            self.hooks.cleanup()
+            self.hooks = None
 
     # ------------------------------------------------------------------ during training
     @staticmethod
@@ -185,6 +193,22 @@ class PrivateTraining:
             raise CheckpointError("the privacy settings differ from the run being resumed",
                                   "resume with the run's own --privacy and --train.batch_size options")
         self.engine.accountant.history = [tuple(h) for h in state["history"]]
+
+
+def noise_for_budget(privacy: PrivacyConfig, examples: int, batch_size: int, steps: int) -> PrivacyConfig:
+    """`privacy` with its noise fixed: the noise multiplier that spends `privacy.epsilon` over `steps` steps of
+    Poisson-sampled batches of expected size `batch_size` from `examples` examples (as PrivateTraining samples
+    them), and delta made explicit. Used where one budget covers several trainer runs, as a federated client's
+    local training does over all its rounds."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    delta = privacy.delta if privacy.delta is not None else 1.0 / (10 * examples)
+    if privacy.noise_multiplier is not None:
+        return replace(privacy, delta=delta)
+    sample_rate = 1.0 / math.ceil(examples / batch_size)
+    sigma = get_noise_multiplier(target_epsilon=privacy.epsilon, target_delta=delta, sample_rate=sample_rate,
+                                 steps=steps, accountant=privacy.accountant)
+    return replace(privacy, epsilon=None, noise_multiplier=float(sigma), delta=delta)
 
 
 def freeze_unreached(model: nn.Module, objective, loader) -> list[str]:
