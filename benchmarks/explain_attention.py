@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--fused_only", action="store_true", help="time only the fused forward (any checkout)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    recorder = None if args.fused_only else importlib.import_module("lmforge.explain.recorder").record_attention
+    recorder = None if args.fused_only else importlib.import_module("lmforge.models.common.attention_record").record_attention
     result = {"threads": args.threads, "seq_len": args.seq_len, "batch_size": args.batch_size, "torch": torch.__version__}
     for family in SHAPES:
         result.update(measure(family, args, recorder))

@@ -7,7 +7,7 @@ while the model runs on the naive path.
 import pytest
 import torch
 
-from lmforge.explain.recorder import attention_layers, record_attention
+from lmforge.models.common.attention_record import attention_layers, record_attention
 from lmforge.models.heads import TaskModel, TaskModelConfig
 from lmforge.models.common.attention import CrossAttention, SelfAttention, attend, naive_attend, naive_attention
 from lmforge.models.registry import build_model

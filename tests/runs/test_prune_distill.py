@@ -133,14 +133,16 @@ def test_a_low_rank_run_is_factorised_whitening_beats_plain_svd_and_it_recovers(
 def test_a_student_from_half_the_teacher_learns_from_it(run, tmp_path):
     result = lmforge("distill", "--teacher", run / "run", "--student", "half", "--train.max_steps", "30",
                      "--train.batch_size", "16", "--train.lr", "2e-3", "--train.progress", "false",
-                     "--distill.temperature", "2", "--distill.hidden_weight", "0.5", "--out", tmp_path / "s")
+                     "--distill.temperature", "2", "--distill.hidden_weight", "0.5", "--distill.attention_weight", "0.5",
+                     "--out", tmp_path / "s")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     record = summary["distillation"]
     assert record["student_parameters"] < record["teacher_parameters"] and record["temperature"] == 2.0
     assert summary["accuracy"] >= 0.9 and "head kept" in summary["start"]
     logged = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
-    assert any("train_kd" in row and "train_cls" in row and "train_hidden" in row for row in logged)  # all terms
+    assert any("train_kd" in row and "train_cls" in row and "train_hidden" in row and "train_attention" in row
+               for row in logged)  # all terms
     net, _ = load_task_run(tmp_path / "s")
     assert net.backbone.config.n_layer == 1
     assert lf.predict(tmp_path / "s", str(run / "train.txt"), output=str(tmp_path / "s.jsonl")) == 240
@@ -151,6 +153,7 @@ def test_a_student_from_half_the_teacher_learns_from_it(run, tmp_path):
     (["--student", "7"], "must name layers between 0 and 1"),
     (["--student", "nonsense"], "is not a run directory, a preset"),
     (["--distill.alpha", "2"], "distill.alpha must be in [0, 1]"),
+    (["--distill.attention_weight", "-1"], "distill.attention_weight must be 0 or more"),
 ])
 def test_distill_mistakes_are_one_line_errors_that_leave_no_output(run, tmp_path, capsys, args, message):
     names = {"root": run}

@@ -149,3 +149,49 @@ def test_hidden_states_of_different_widths_are_refused():
              "class_labels": torch.tensor([1])}
     with pytest.raises(ConfigError, match="needs the student's width"):
         DistillationObjective(_Classifier(), teacher, hidden_weight=1.0)(student, batch)
+
+
+@pytest.mark.parametrize("student_heads", [4, 2])
+def test_the_attention_term_is_the_kl_between_transformers_attention_maps_of_matched_blocks(tmp_path, student_heads):
+    """Reference: Hugging Face's BertModel (eager attention) on the same weights gives the attention maps, and
+    the KL is summed key by key over the unmasked positions. A student of another width and, in one case,
+    another head count (compared head-averaged)."""
+    transformers = pytest.importorskip("transformers")
+    from lmforge.interop.convert import export_hf
+
+    torch.manual_seed(0)
+    wide = preset_config("bert-debug", vocab_size=50, n_layer=4, dropout=0.0)
+    narrow = preset_config("bert-debug", vocab_size=50, n_layer=2, n_embd=32, n_head=student_heads, dropout=0.0)
+    teacher = TaskModel(TaskModelConfig(backbone=wide.to_dict(), labels=["a", "b"], classifier_dropout=0.0)).eval()
+    student = TaskModel(TaskModelConfig(backbone=narrow.to_dict(), labels=["a", "b"], classifier_dropout=0.0)).eval()
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
+    batch = {"input_ids": torch.randint(1, 50, (2, 6), generator=torch.Generator().manual_seed(3)) * mask,
+             "attention_mask": mask, "class_labels": torch.tensor([0, 1])}
+    objective = DistillationObjective(_Classifier(), teacher, alpha=0.5, attention_weight=3.0)
+    terms = objective(student, batch)
+    assert objective.counts(batch)["attention"] == 2
+
+    def hf_maps(model, name):
+        export_hf(model.backbone, tmp_path / name)
+        hf = transformers.BertModel.from_pretrained(tmp_path / name, attn_implementation="eager").eval()
+        with torch.no_grad():
+            return [a.double() for a in hf(batch["input_ids"], attention_mask=mask, output_attentions=True).attentions]
+
+    s_maps, t_maps = hf_maps(student, "student"), hf_maps(teacher, "teacher")
+    expected = 0.0
+    for i, j in ((0, 1), (1, 3)):  # student block i is matched with teacher block round((i+1)*4/2)-1
+        s, t = s_maps[i], t_maps[j]
+        if s.shape[1] != t.shape[1]:
+            s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
+        for b in range(2):
+            keys = [k for k in range(6) if mask[b, k]]
+            for q in keys:
+                per_head = [sum(float(t[b, h, q, k]) * math.log(float(t[b, h, q, k]) / float(s[b, h, q, k]))
+                                for k in keys) for h in range(s.shape[1])]
+                expected += sum(per_head) / len(per_head)
+    assert float(terms["attention"].detach()) == pytest.approx(3.0 * expected * 2 / int(mask.sum()), rel=1e-4)
+    terms["attention"].backward()
+    assert student.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    # A student that is the teacher itself has nothing left to learn from its attention.
+    same = DistillationObjective(_Classifier(), teacher, attention_weight=1.0)(copy.deepcopy(teacher), batch)
+    assert float(same["attention"].detach()) == pytest.approx(0.0, abs=1e-6)

@@ -49,6 +49,7 @@ class DistillConfig:
     temperature: float = 2.0             # softens both distributions; the soft term is scaled by its square
     alpha: float = 0.5                   # loss = (1 - alpha) * hard labels + alpha * soft targets
     hidden_weight: float = 0.0           # > 0: also match block outputs to the teacher's (equal widths)
+    attention_weight: float = 0.0        # > 0: also match self-attention distributions (KL), any width
 
     def __post_init__(self):
         _check(self.temperature > 0, f"distill.temperature must be positive, got {self.temperature}",
@@ -57,3 +58,5 @@ class DistillConfig:
                "pass e.g. --distill.alpha 0.5")
         _check(self.hidden_weight >= 0, f"distill.hidden_weight must be 0 or more, got {self.hidden_weight}",
                "pass e.g. --distill.hidden_weight 1.0")
+        _check(self.attention_weight >= 0, f"distill.attention_weight must be 0 or more, got {self.attention_weight}",
+               "pass e.g. --distill.attention_weight 1.0")

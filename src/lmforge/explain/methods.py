@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.explain.recorder import record_attention
+from lmforge.models.common.attention_record import record_attention
 from lmforge.explain.subject import Subject
 
 # Integrated gradients: Riemann/Gauss-Legendre steps tried in turn until the completeness error is small.

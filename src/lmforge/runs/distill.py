@@ -52,7 +52,8 @@ def distill(teacher: str | Path, out: str | Path, *, student: str = "half", dist
                 raise ConfigError(f"the training data's labels {task.labels} are not the teacher's "
                                   f"{teacher_model.config.labels}", "distill on the data the teacher was trained on")
             return DistillationObjective(task, teacher_model, temperature=settings.temperature, alpha=settings.alpha,
-                                         hidden_weight=settings.hidden_weight)
+                                         hidden_weight=settings.hidden_weight,
+                                         attention_weight=settings.attention_weight)
 
         if out.exists() and overwrite:
             shutil.rmtree(out)
