@@ -148,6 +148,29 @@ def test_a_student_from_half_the_teacher_learns_from_it(run, tmp_path):
     assert lf.predict(tmp_path / "s", str(run / "train.txt"), output=str(tmp_path / "s.jsonl")) == 240
 
 
+def test_a_narrower_student_learns_the_teachers_hidden_states_through_a_projection(run, tmp_path):
+    import shutil
+
+    from lmforge.models.registry import build_model, preset_config, save_model
+
+    torch.manual_seed(0)
+    narrow = build_model(preset_config("bert-debug", vocab_size=200, n_layer=1, n_embd=32, n_head=2, block_size=32,
+                                       intermediate_size=64))
+    save_model(narrow, tmp_path / "narrow")
+    shutil.copyfile(run / "run" / "tokenizer.json", tmp_path / "narrow" / "tokenizer.json")
+    summary = lf.distill(run / "run", tmp_path / "s", student=str(tmp_path / "narrow"),
+                         distill=lf.DistillConfig(hidden_weight=1.0, attention_weight=0.5),
+                         train=TrainConfig(max_steps=30, batch_size=16, lr=2e-3, warmup_steps=4, eval_interval=30,
+                                           checkpoint_interval=30, log_interval=5, progress=False))
+    logged = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    hidden = [row["train_hidden"] for row in logged if "train_hidden" in row]
+    assert hidden and hidden[-1] < hidden[0]  # the projected states move towards the teacher's
+    net, _ = load_task_run(tmp_path / "s")
+    assert net.backbone.config.n_embd == 32  # the projection is not part of the student
+    assert summary["accuracy"] is not None
+    assert lf.predict(tmp_path / "s", str(run / "train.txt"), output=str(tmp_path / "s.jsonl")) == 240
+
+
 @pytest.mark.parametrize("args, message", [
     (["--student", "{root}/other"], "have different tokenizers"),
     (["--student", "7"], "must name layers between 0 and 1"),

@@ -195,3 +195,32 @@ def test_the_attention_term_is_the_kl_between_transformers_attention_maps_of_mat
     # A student that is the teacher itself has nothing left to learn from its attention.
     same = DistillationObjective(_Classifier(), teacher, attention_weight=1.0)(copy.deepcopy(teacher), batch)
     assert float(same["attention"].detach()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_narrower_student_is_matched_through_a_learned_projection_to_the_teachers_width():
+    torch.manual_seed(0)
+    wide = preset_config("bert-debug", vocab_size=50, n_layer=4, dropout=0.0)
+    narrow = preset_config("bert-debug", vocab_size=50, n_layer=2, n_embd=32, n_head=2, dropout=0.0)
+    teacher = TaskModel(TaskModelConfig(backbone=wide.to_dict(), labels=["a", "b"], classifier_dropout=0.0)).eval()
+    student = TaskModel(TaskModelConfig(backbone=narrow.to_dict(), labels=["a", "b"], classifier_dropout=0.0)).eval()
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
+    batch = {"input_ids": torch.randint(1, 50, (2, 6), generator=torch.Generator().manual_seed(3)) * mask,
+             "attention_mask": mask, "class_labels": torch.tensor([0, 1])}
+    objective = DistillationObjective(_Classifier(), teacher, hidden_weight=2.0)
+    projection = objective.trainable(student)
+    assert isinstance(projection, nn.Linear) and projection.weight.shape == (64, 32)
+    terms = objective(student, batch)
+
+    def after(model, blocks):
+        return keep_layers(model, list(range(blocks))).backbone.features(batch["input_ids"], mask)
+
+    expected = 0.0
+    with torch.no_grad():
+        for i, j in ((0, 1), (1, 3)):
+            error = (after(student, i + 1) @ projection.weight.T - after(teacher, j + 1)).pow(2).mean(-1)[mask.bool()]
+            expected += float(error.sum())
+    assert float(terms["hidden"].detach()) == pytest.approx(2.0 * expected * 2 / int(mask.sum()), rel=1e-5)
+    terms["hidden"].backward()
+    assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
+    # Equal widths need no projection.
+    assert DistillationObjective(_Classifier(), teacher, hidden_weight=1.0).trainable(copy.deepcopy(teacher)) is None

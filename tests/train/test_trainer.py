@@ -9,7 +9,7 @@ from lmforge.config import TrainConfig
 from lmforge.data.loaders import LMWindowLoader
 from lmforge.errors import TrainingError
 from lmforge.models.registry import build_model, load_model
-from lmforge.train.objectives import IGNORE_INDEX, causal_lm_loss
+from lmforge.train.objectives import IGNORE_INDEX, CausalLM, causal_lm_loss, token_cross_entropy_sum
 from lmforge.train.trainer import Trainer
 
 VOCAB = 97
@@ -54,7 +54,20 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path):
     assert loss_big == pytest.approx(float(s.detach() / n), rel=1e-6)
 
 
-def run(tmp_path, name, *, stop_at=None, resume=False, steps=12, model_seed=0):
+class LearnedTemperatureLM(CausalLM):
+    """Next-token loss on logits divided by a learned temperature: an objective with a parameter of its own."""
+
+    def trainable(self, model):
+        self.own = torch.nn.Module()
+        self.own.log_temperature = torch.nn.Parameter(torch.zeros(()))
+        return self.own
+
+    def __call__(self, model, batch):
+        logits = model(batch["input_ids"]) / self.own.log_temperature.exp()
+        return {"lm": token_cross_entropy_sum(logits, batch["labels"])}
+
+
+def run(tmp_path, name, *, stop_at=None, resume=False, steps=12, model_seed=0, objective=None):
     cfg = TrainConfig(batch_size=4, seq_len=16, max_steps=steps, lr=3e-3, warmup_steps=3, checkpoint_interval=4,
                       eval_interval=5, eval_batches=2, log_interval=2, progress=False, seed=7)
     model = tiny_model(model_seed, dropout=0.1)  # dropout makes the RNG state part of what must resume
@@ -75,7 +88,7 @@ def run(tmp_path, name, *, stop_at=None, resume=False, steps=12, model_seed=0):
         if stop_at is not None and trainer.state.step == stop_at:
             raise KeyboardInterrupt  # simulates the process being killed
 
-    trainer = Trainer(model, loader, cfg, tmp_path / name, evaluate=evaluate, on_step=on_step)
+    trainer = Trainer(model, loader, cfg, tmp_path / name, evaluate=evaluate, on_step=on_step, objective=objective)
     (tmp_path / name).mkdir(exist_ok=True)
     summary = trainer.fit(resume=resume)
     return model, summary
@@ -98,6 +111,21 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path):
     loaded = load_model(tmp_path / "cut")
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, full.state_dict()[k])
+
+
+def test_an_objectives_own_parameters_train_and_resume_exactly_outside_the_saved_model(tmp_path):
+    full_objective, cut_objective = LearnedTemperatureLM(), LearnedTemperatureLM()
+    full, _ = run(tmp_path, "full", objective=full_objective)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "cut", stop_at=6, objective=LearnedTemperatureLM())
+    resumed, _ = run(tmp_path, "cut", resume=True, model_seed=123, objective=cut_objective)
+    trained = float(full_objective.own.log_temperature)
+    assert abs(trained) > 1e-3  # it trained
+    assert float(cut_objective.own.log_temperature) == trained  # and resumed with its optimizer state
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    loaded = load_model(tmp_path / "cut")  # the run's model knows nothing of the objective's parameter
+    assert set(loaded.state_dict()) == set(full.state_dict())
 
 
 def test_loss_falls_and_checkpoints_are_pruned(tmp_path):

@@ -29,6 +29,7 @@ from lmforge.atomic import save_safetensors_atomic, write_json_atomic
 from lmforge.errors import CheckpointError
 from lmforge.models.common.state import state_mismatch
 from lmforge.parallel import is_complete
+from lmforge.train.objective_params import split_objective_tensors
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 SHARDED = "sharded"  # the torch.distributed.checkpoint folder inside a sharded checkpoint
@@ -76,16 +77,17 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def write_checkpoint(directory: Path, weights: dict[str, torch.Tensor], config: dict, optimizer_state: dict,
-                     state: dict) -> None:
+                     state: dict, extra: dict[str, torch.Tensor] | None = None) -> None:
     """Write a complete checkpoint to `directory` via a temporary sibling and one rename: `weights` (each tied
-    tensor once), the model's `config` dict, an optimizer state dict and the trainer's `state`."""
+    tensor once), the model's `config` dict, an optimizer state dict and the trainer's `state`; `extra`
+    tensors (an objective's own, prefixed `objective.`) go beside the optimizer's."""
     directory = Path(directory)
     tmp = temporary_for(directory)
     try:
         save_safetensors_atomic(weights, tmp / "model.safetensors", metadata={"format": "pt"})
         write_json_atomic(tmp / "config.json", config)
         opt_tensors, opt_meta = optimizer_to_tensors(optimizer_state)
-        save_safetensors_atomic({**opt_tensors, **rng_state()}, tmp / "optimizer.safetensors")
+        save_safetensors_atomic({**opt_tensors, **rng_state(), **(extra or {})}, tmp / "optimizer.safetensors")
         write_json_atomic(tmp / "state.json", {**state, "optimizer": opt_meta})
         _replace(tmp, directory)
     except BaseException:
@@ -158,7 +160,8 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
 
 def read_checkpoint(path: Path, expected: dict[str, torch.Tensor], *, optional=()) -> tuple[dict, dict, dict]:
     """(weights, optimizer state dict, trainer state) of checkpoint `path`, its weights checked against the
-    model state dict `expected` (keys in `optional`, tied weights, may be absent); restores the RNG."""
+    model state dict `expected` (keys in `optional`, tied weights, may be absent); restores the RNG. The trainer
+    state holds the objective's own tensors, if any, under "objective"."""
     try:
         state = json.loads((path / "state.json").read_text())
         weights = load_file(str(path / "model.safetensors"))
@@ -170,8 +173,11 @@ def read_checkpoint(path: Path, expected: dict[str, torch.Tensor], *, optional=(
     if detail:
         raise CheckpointError(f"weights in {path / 'model.safetensors'} do not match the model config ({detail})",
                               "resume with the model config the run was started with")
+    objective, extra = split_objective_tensors(extra)
     opt_tensors = {k: v for k, v in extra.items() if not k.startswith("rng.")}
     optimizer_state = optimizer_from_tensors(opt_tensors, state.pop("optimizer"))
+    if objective:
+        state["objective"] = objective
     restore_rng({k: v for k, v in extra.items() if k.startswith("rng.")})
     return weights, optimizer_state, state
 

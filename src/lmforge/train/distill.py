@@ -7,7 +7,9 @@ The T^2 keeps the soft term's gradients on the scale of the hard term's as T gro
 `hidden_weight` > 0 a third term pulls the student's block outputs towards the teacher's (as in
 TinyBERT and PKD): student block i is matched with teacher block round((i + 1) L_t / L_s) - 1, so a
 student of every other layer learns what each pair of teacher layers computes; the mean squared error
-per token (over the attention mask) is summed over the matched blocks. It needs equal widths. With
+per token (over the attention mask) is summed over the matched blocks. A student narrower (or wider) than
+its teacher has its states mapped to the teacher's width by one learned linear projection shared by the
+blocks (TinyBERT's W_h), which trains with the student and is not part of the saved model. With
 `attention_weight` > 0 each matched student block's self-attention distributions are pulled towards the
 teacher block's: KL(teacher || student) per query row over the keys, averaged over heads (per head when
 both have the same head count, else between the head-averaged maps), per token over the attention mask and
@@ -61,6 +63,18 @@ class DistillationObjective:
             raise ConfigError(f"distill.attention_weight must be 0 or more, got {attention_weight}", "pass e.g. 1.0")
         self.temperature, self.alpha, self.hidden_weight = temperature, alpha, hidden_weight
         self.attention_weight = attention_weight
+        self.projection: nn.Linear | None = None
+
+    def trainable(self, model: nn.Module) -> nn.Module | None:
+        """The learned projection of hidden states to the teacher's width, when the widths differ (see
+        lmforge.train.objective_params); None otherwise."""
+        if not self.hidden_weight:
+            return None
+        ours, theirs = _width(model), _width(self.teacher)
+        if ours is None or theirs is None or ours == theirs:
+            return None
+        self.projection = nn.Linear(ours, theirs, bias=False)
+        return self.projection
 
     def __getattr__(self, name):  # everything else (evaluation, collation, labels) is the task's
         objective = self.__dict__.get("objective")
@@ -103,6 +117,8 @@ class DistillationObjective:
         terms = {**{t: (1.0 - self.alpha) * v for t, v in hard.items()}, "kd": self.alpha * kd}
         if self.hidden_weight:
             units = labelled.sum()
+            if self.projection is not None:
+                student_states = [self.projection(h) for h in student_states]  # (B, T, C_teacher)
             terms["hidden"] = self.hidden_weight * hidden_state_loss(student_states, teacher_states,
                                                                      batch.get("attention_mask"), units)
         if self.attention_weight:
@@ -124,7 +140,8 @@ def hidden_state_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], 
     if student[0].shape[-1] != teacher[0].shape[-1]:
         raise ConfigError(f"hidden-state distillation needs the student's width ({student[0].shape[-1]}) to equal "
                           f"the teacher's ({teacher[0].shape[-1]})",
-                          "leave --distill.hidden_weight at 0, or start the student from the teacher's layers")
+                          "leave --distill.hidden_weight at 0, or train the student with lmforge distill, which "
+                          "learns a projection between the widths")
     keep = torch.ones(student[0].shape[:2], dtype=torch.bool, device=student[0].device) if mask is None \
         else mask.bool()
     total = student[0].new_zeros(())
@@ -149,6 +166,11 @@ def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
         kl = torch.where(p > 0, p * (p.clamp_min(1e-30).log() - q.clamp_min(1e-30).log()), 0.0).sum(-1)
         total = total + kl.mean(1)[keep].sum()  # (B, T) averaged over heads, summed over kept queries
     return total * units / keep.sum().clamp(min=1)
+
+
+def _width(model: nn.Module) -> int | None:
+    bare = getattr(model, "module", model)
+    return getattr(getattr(getattr(bare, "backbone", bare), "config", None), "n_embd", None)
 
 
 def _self_attention(record) -> torch.Tensor:

@@ -30,6 +30,7 @@ from lmforge.train.metrics_log import LogWindow, MetricsLog
 from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
 from lmforge.train.precision import autocast, grad_scaler, resolve_precision
+from lmforge.train.objective_params import attach_objective_parameters, load_objective_tensors, objective_tensors
 from lmforge.train.privacy import PrivateTraining
 from lmforge.train.threads import ThreadTuner
 from lmforge.train.utilisation import device_peak_tflops, mfu, model_flops_per_token, peak_memory_gb
@@ -82,6 +83,9 @@ class Trainer:
             # Opacus hooks the bare model's layers; wrapping (DDP, compile) comes after them.
             self.optimizer, self.loader = self.privacy.attach(self.optimizer)
             self.wrapped = self._wrap(self.model)
+        self.objective_module = attach_objective_parameters(
+            self.objective, self.model, self.optimizer, device=self.device, world_size=self.dist.world_size,
+            sharded_checkpoints=cfg.checkpoint_format == "sharded", private=self.privacy is not None)
         self.scaler = grad_scaler(self.precision, self.device)
         self.last_terms: dict[str, float] = {}
         self.evaluate_fn = evaluate
@@ -262,7 +266,7 @@ class Trainer:
         weights = {k: v for k, v in weights.items() if k not in self.tied}
         bare = unwrap(self.model)  # its config, with the record of any factorised layers it was built with
         ckpt.write_checkpoint(path, weights, {**bare.config.to_dict(), **applied_transforms(bare)}, optimizer_state,
-                              self._state_dict())
+                              self._state_dict(), extra=objective_tensors(self.objective_module))
         return True
 
     def _write_sharded(self, path: Path) -> bool:
@@ -299,6 +303,7 @@ class Trainer:
         else:
             weights, optimizer_state, saved = ckpt.read_checkpoint(path, self.model.state_dict(), optional=self.tied)
             load_full_state(self.model, self.optimizer, weights, optimizer_state)
+            load_objective_tensors(self.objective_module, saved.pop("objective", None), path)
         self.loader.load_state_dict(saved.pop("loader"))
         if self.privacy is not None:
             self.privacy.load_state_dict(saved.pop("privacy", None))
