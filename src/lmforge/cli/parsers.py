@@ -82,8 +82,9 @@ def finetune_parser() -> ArgumentParser:
 
 
 def distill_parser() -> ArgumentParser:
-    p = verb_parser("Distill a fine-tuned classifier or tagger (the teacher) into a smaller student: the student "
-                    "learns from the hard labels and from the teacher's temperature-softened predictions.")
+    p = verb_parser("Distill a fine-tuned classifier or tagger, or a language model (the teacher), into a smaller "
+                    "student: the student learns from the hard labels (next tokens) and from the teacher's "
+                    "temperature-softened predictions.")
     p.add_argument("--config", action=ActionConfigFile, help="YAML recipe, e.g. the teacher's (configs/finetune/)")
     p.add_argument("--teacher", required=True, help="fine-tuned run directory to learn from")
     p.add_argument("--student", default="half",

@@ -1,12 +1,14 @@
 """`lmforge distill --teacher RUN --student half|LAYERS|RUN|PRESET [recipe sections] --out RUN_S`.
 
 A fine-tuned teacher (a classifier or a tagger) teaches a student through `lmforge finetune` with the
-distillation objective (`train/distill.py`) in place of the task's own. The student starts from:
+distillation objective (`train/distill.py`) in place of the task's own; a language model teaches a student
+language model through `lmforge pretrain` the same way, on the teacher's own prepared text unless
+`--data.train` names other text (or a prepared dataset with its tokenizer). The student starts from:
 - `half` or layer numbers (`0,2,4`): the teacher itself with only those blocks (DistilBERT's start);
 - a run directory with the teacher's tokenizer (a pretrained or fine-tuned model of any size);
 - a preset name: a fresh model of that shape over the teacher's tokenizer.
 The data and training settings are the teacher's recipe unless given. RUN_S is a normal fine-tuned run
-whose summary also records the teacher and its metric.
+whose summary also records the teacher and its metric (for language models, the validation loss).
 """
 from __future__ import annotations
 
@@ -15,18 +17,19 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import yaml
 
 from lmforge.atomic import atomic_directory, write_json_atomic
 from lmforge.compress.layers import keep_layers, parse_layers
-from lmforge.config import (AugmentConfig, BalanceConfig, DecodeConfig, DistillConfig, MethodConfig, StartConfig,
-                            TaskDataConfig, TrainConfig)
+from lmforge.config import (AugmentConfig, BalanceConfig, DataConfig, DecodeConfig, DistillConfig, MethodConfig,
+                            StartConfig, TaskDataConfig, TrainConfig)
 from lmforge.errors import ConfigError
-from lmforge.models.heads import TaskModel
-from lmforge.models.registry import PRESETS, build_model, preset_config, save_model
+from lmforge.models.registry import PRESETS, build_model, load_model, preset_config, save_model
 from lmforge.runs.finetune import finetune
+from lmforge.runs.pretrain import pretrain
 from lmforge.runs.quantize import check_derived_out, check_plain_run
-from lmforge.runs.rundir import load_task_run
+from lmforge.runs.rundir import is_task_model, load_task_run
 from lmforge.train.distill import DistillationObjective
 
 
@@ -37,6 +40,9 @@ def distill(teacher: str | Path, out: str | Path, *, student: str = "half", dist
     settings = distill or DistillConfig()
     teacher_dir = check_plain_run(Path(teacher), "distill")
     out = check_derived_out(teacher_dir, Path(out), overwrite)
+    if not is_task_model(load_model(teacher_dir)):
+        return _distill_language_model(teacher_dir, out, student=student, settings=settings, data=data, train=train,
+                                       overwrite=overwrite)
     teacher_model, teacher_task = load_task_run(teacher_dir)
     if not hasattr(teacher_task, "label_key"):
         raise ConfigError(f"distillation is not available for the {teacher_task.name} task",
@@ -66,6 +72,32 @@ def distill(teacher: str | Path, out: str | Path, *, student: str = "half", dist
                            decode=DecodeConfig(**(recipe.get("decode") or {})), out=out, wrap_objective=objective)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return _record(summary, teacher_dir, teacher_model, student, settings, out)
+
+
+def _distill_language_model(teacher_dir: Path, out: Path, *, student: str, settings: DistillConfig,
+                            data: TaskDataConfig | None, train: TrainConfig | None, overwrite: bool) -> dict:
+    teacher_model = load_model(teacher_dir).eval()
+    recipe = _recipe(teacher_dir, key="path")
+    source = data.train if data is not None and data.train else recipe["data"]["path"]
+    staging = out.parent / f".{out.name}.student"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        init = _stage_student(student, teacher_model, teacher_dir, staging)
+        if out.exists() and overwrite:
+            shutil.rmtree(out)
+        summary = pretrain(DataConfig(path=str(source)), out=out, init_from=init,
+                           train=train or TrainConfig(**(recipe.get("train") or {})),
+                           wrap_objective=lambda objective: DistillationObjective(
+                               objective, teacher_model, temperature=settings.temperature, alpha=settings.alpha,
+                               hidden_weight=settings.hidden_weight, attention_weight=settings.attention_weight))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary["total_parameters"] = summary.get("parameters")
+    return _record({**summary, "main_metric": "val_loss"}, teacher_dir, teacher_model, student, settings, out)
+
+
+def _record(summary: dict, teacher_dir: Path, teacher_model, student: str, settings: DistillConfig, out: Path) -> dict:
     teacher_summary = _read_json(teacher_dir / "summary.json")
     metric = summary.get("main_metric")
     summary["distillation"] = {"teacher": str(teacher_dir), "student": student, **vars(settings),
@@ -76,12 +108,13 @@ def distill(teacher: str | Path, out: str | Path, *, student: str = "half", dist
     return summary
 
 
-def _recipe(run_dir: Path) -> dict:
+def _recipe(run_dir: Path, key: str = "train") -> dict:
     path = run_dir / "config.yaml"
     recipe = yaml.safe_load(path.read_text()) if path.is_file() else None
-    if not isinstance(recipe, dict) or not (recipe.get("data") or {}).get("train"):
+    if not isinstance(recipe, dict) or not (recipe.get("data") or {}).get(key):
         raise ConfigError(f"{path} does not name the teacher's training data",
-                          "distill a run written by `lmforge finetune`, which records its recipe")
+                          "distill a run written by `lmforge finetune` or `lmforge pretrain`, which records its "
+                          "recipe, or pass --data.train")
     return recipe
 
 
@@ -92,15 +125,16 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _stage_student(student: str, teacher: TaskModel, teacher_dir: Path, staging: Path) -> Path:
+def _stage_student(student: str, teacher: nn.Module, teacher_dir: Path, staging: Path) -> Path:
     """The folder the student starts from: `student` itself if it is a run, else a staged copy."""
     path = Path(student).expanduser()
     if path.is_dir():
         _check_same_tokenizer(path, teacher_dir)
         return path
-    n_layer = teacher.backbone.config.n_layer
+    backbone = getattr(teacher, "backbone", teacher)
+    n_layer = backbone.config.n_layer
     if student in PRESETS:
-        config = preset_config(student, vocab_size=teacher.backbone.config.vocab_size)
+        config = preset_config(student, vocab_size=backbone.config.vocab_size)
         torch.manual_seed(0)
         model = build_model(config)
     elif student == "half" or student.replace(",", "").strip().isdigit():

@@ -9,6 +9,7 @@ import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ from lmforge.train.objectives import Objective, build_objective, evaluate_object
 
 def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: str | Path,
              train: TrainConfig | None = None, objective: str | None = None, resume: bool = False,
-             on_step=None, init_from: str | Path | None = None, privacy: PrivacyConfig | None = None) -> dict:
+             on_step=None, init_from: str | Path | None = None, privacy: PrivacyConfig | None = None,
+             wrap_objective: Callable[[Objective], object] | None = None) -> dict:
     """Train a language model from scratch (or `resume` one) and write a complete run directory.
 
     `data` is a prepared dataset directory, or any source `prepare` accepts (then it is prepared
@@ -39,7 +41,9 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
     tokenizer are used (the model preset is ignored), and raw data is tokenized with its tokenizer.
 
     `privacy` with an epsilon or a noise multiplier trains with DP-SGD over non-overlapping windows
-    (next-token objective; see lmforge.train.privacy).
+    (next-token objective; see lmforge.train.privacy). `wrap_objective(objective)` gives the objective to
+    train on instead of the family's own (distillation adds a teacher's soft targets); validation still
+    scores the model's own objective.
     """
     data = DataConfig(path=data) if isinstance(data, str) else data
     spec = ModelSpec(preset=model) if isinstance(model, str) else model
@@ -51,6 +55,8 @@ def pretrain(data: str | DataConfig, model: str | ModelSpec = "debug", *, out: s
 
     def build(dist: DistInfo, run_dir: Path) -> TrainingJob:
         job = _build_job(data, spec, train, objective_obj, start, init_from, dist, run_dir, on_step)
+        if wrap_objective is not None:
+            job.objective = wrap_objective(job.objective)
         if privacy is not None and privacy.enabled:
             if job.fit is not None:
                 raise ConfigError(f"{spec.preset} is fitted by counting, which DP-SGD does not cover",

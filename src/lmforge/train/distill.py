@@ -15,11 +15,13 @@ teacher block's: KL(teacher || student) per query row over the keys, averaged ov
 both have the same head count, else between the head-averaged maps), per token over the attention mask and
 summed over the blocks (TinyBERT, MiniLM). Attention maps do not depend on the width, so this term also
 teaches a narrower student. Both models then compute attention explicitly instead of through the fused
-kernel, which costs time. The objective
-wraps the task's own (a classifier's or a tagger's): it runs that objective, reads the student's
-logits as they leave the model's forward, and calls the teacher with the very same inputs. Positions
-without a label (padding, a word's later pieces) carry no soft term either. Both terms are sums over
-labelled positions, so the trainer normalises them by the task's own count, as for the task alone.
+kernel, which costs time.
+
+The objective wraps the task's own (a classifier's or a tagger's, or next-token prediction for a language
+model): it runs that objective, reads the student's logits as they leave the model's forward, and calls the
+teacher with the very same inputs. Positions without a label (padding, a word's later pieces) carry no soft
+term either. Both terms are sums over labelled positions, so the trainer normalises them by the task's own
+count, as for the task alone.
 """
 from __future__ import annotations
 
@@ -57,6 +59,10 @@ class DistillationObjective:
             raise ConfigError(f"distillation is not available for the {getattr(objective, 'name', '?')} task",
                               "distill a classification or tagging run")
         self.objective, self.teacher = objective, teacher.eval().requires_grad_(False)
+        # A decoder that sums its loss itself never returns the logits the soft term needs.
+        for module in teacher.modules():
+            if getattr(module, "sums_loss_from_labels", False):
+                module.sums_loss_from_labels = False
         if hidden_weight < 0:
             raise ConfigError(f"distill.hidden_weight must be 0 or more, got {hidden_weight}", "pass e.g. 1.0")
         if attention_weight < 0:
@@ -68,6 +74,9 @@ class DistillationObjective:
     def trainable(self, model: nn.Module) -> nn.Module | None:
         """The learned projection of hidden states to the teacher's width, when the widths differ (see
         lmforge.train.objective_params); None otherwise."""
+        for module in model.modules():  # called once before training: the soft term needs the student's logits
+            if getattr(module, "sums_loss_from_labels", False):
+                module.sums_loss_from_labels = False
         if not self.hidden_weight:
             return None
         ours, theirs = _width(model), _width(self.teacher)

@@ -83,6 +83,7 @@ class CausalLM(Objective):
 
     name = "clm"
     structure = "decoder"  # n-gram models too: fitted by counting, then scored by this loss
+    label_key = "labels"   # the batch entry holding the targets (distillation masks by it)
 
     def counts(self, batch):
         return {"lm": (batch["labels"] != IGNORE_INDEX).sum()}
