@@ -36,6 +36,12 @@ def test_a_global_batch_the_processes_do_not_divide(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_background_saves_of_whole_weight_checkpoints(data, tmp_path):
+    r = pretrain(data, tmp_path / "run", "--model", "llama-debug", "--train.async_checkpoint", "true")
+    assert_user_error(r, "train.async_checkpoint writes sharded checkpoints", "--train.checkpoint_format sharded")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def sharded_run(data):
     run = data.parent / "sharded"

@@ -69,6 +69,10 @@ def runs(tmp_path_factory):
     run(root / "uninterrupted", 0, 1, train_config(batch_size=2, max_steps=TOTAL))
     group = start_two_ranks([Job(root / "saved", sharded(max_steps=SAVED_AT)),
                              Job(root / "resumed_on_2", sharded(), resume=True, copy_of=root / "saved"),
+                             Job(root / "async_saved", sharded(max_steps=SAVED_AT, checkpoint_interval=1,
+                                                               async_checkpoint=True)),
+                             Job(root / "async_resumed", sharded(async_checkpoint=True), resume=True,
+                                 copy_of=root / "async_saved"),
                              Job(root / "killed", sharded(max_steps=4, checkpoint_interval=2),
                                  patches=[(1, die_in_second_save)])])
     # Like torchrun, the group stops the surviving rank once one has died.
@@ -84,6 +88,34 @@ def test_each_rank_writes_its_own_shard(runs):
     assert checkpoint.name == f"step_{SAVED_AT:08d}"
     assert len(list((checkpoint / ckpt.SHARDED).glob("*.distcp"))) == 2
     assert not (runs / "saved" / "model.safetensors").exists()  # no rank assembled the whole model
+
+
+def test_background_saves_on_2_ranks_are_complete_checkpoints_that_resume_to_the_uninterrupted_weights(runs):
+    saved = runs / "async_saved" / "checkpoints"
+    # One save per step, each completed (renamed into place) once the next started; the last at the end.
+    assert sorted(p.name for p in saved.iterdir()) == [f"step_{s:08d}" for s in (SAVED_AT - 1, SAVED_AT)]
+    assert len(list((ckpt.latest_checkpoint(runs / "async_saved") / ckpt.SHARDED).glob("*.distcp"))) == 2
+    # Training went on while each save was written: what was saved is the state at its step.
+    in_background, in_step = whole_weights(runs / "async_saved"), whole_weights(runs / "saved")
+    for key in in_step:
+        assert torch.equal(in_background[key], in_step[key]), key
+    assert ckpt.latest_checkpoint(runs / "async_resumed").name == f"step_{TOTAL:08d}"
+    assert_same_weights(whole_weights(runs / "async_resumed"), runs / "uninterrupted")
+
+
+def test_a_background_save_in_one_process_equals_the_synchronous_one(tmp_path):
+    losses_sync = run(tmp_path / "sync", 0, 1, sharded(checkpoint_interval=2))
+    losses_async = run(tmp_path / "async", 0, 1, sharded(checkpoint_interval=2, async_checkpoint=True))
+    assert losses_async == losses_sync
+    sync_w, async_w = whole_weights(tmp_path / "sync"), whole_weights(tmp_path / "async")
+    for key in sync_w:
+        assert torch.equal(sync_w[key], async_w[key]), key
+    saved = ckpt.latest_checkpoint(tmp_path / "async")
+    assert saved.name == f"step_{TOTAL:08d}" and (saved / "rng.safetensors").is_file()
+    # Resuming the background-saved run from its middle checkpoint redoes the same steps.
+    shutil.rmtree(saved)
+    redone = run(tmp_path / "async", 0, 1, sharded(checkpoint_interval=2, async_checkpoint=True), resume=True)
+    assert redone == losses_sync[-len(redone):] and len(redone) == 2
 
 
 def test_saved_on_2_ranks_resumes_on_2_ranks_to_the_uninterrupted_weights(runs):

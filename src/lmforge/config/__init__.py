@@ -104,6 +104,7 @@ class TrainConfig:
     checkpoint_interval: int = 500
     keep_last: int = 2
     checkpoint_format: str = "full"      # full: whole weights from rank 0; sharded: each rank its shard (DCP)
+    async_checkpoint: bool = False       # sharded only: write each checkpoint in the background while training goes on
     progress: bool = True
     threads: int | str | None = None     # CPU threads: N, or "auto" to time counts while training; None: as is
 
@@ -141,6 +142,9 @@ class TrainConfig:
                           ("shard_group_size", "pass the processes per node, e.g. --train.shard_group_size 8")):
             v = getattr(self, name)
             _check(v is None or v > 0, f"train.{name} must be > 0, got {v}", fix)
+        _check(not self.async_checkpoint or self.checkpoint_format == "sharded",
+               "train.async_checkpoint writes sharded checkpoints in the background",
+               "add --train.checkpoint_format sharded, or drop --train.async_checkpoint")
         _check(self.seq_len is None or self.seq_len > 1, f"train.seq_len must be > 1, got {self.seq_len}",
                "pass e.g. --train.seq_len 256")
         _check(self.threads in (None, "auto") or (isinstance(self.threads, int) and self.threads > 0),

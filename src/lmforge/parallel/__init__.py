@@ -12,7 +12,8 @@ from lmforge.parallel.distributed import (
                                           init_distributed,
                                           shutdown_distributed,
 )
-from lmforge.parallel.sharded import check_shapes, is_complete, load_sharded, save_sharded
+from lmforge.parallel.sharded import (check_shapes, checkpoint_group, is_complete, load_sharded, save_sharded,
+                                      save_sharded_in_background)
 from lmforge.parallel.state import full_state, load_full_state
 from lmforge.parallel.wrappers import (apply_activation_checkpointing, apply_compile, apply_ddp, apply_fsdp,
                                        clip_grad_norm, is_sharded, materialize, on_meta_device, skip_gradient_sync,
@@ -21,5 +22,5 @@ from lmforge.parallel.wrappers import (apply_activation_checkpointing, apply_com
 __all__ = ["DistInfo", "all_reduce_sum", "apply_activation_checkpointing", "apply_compile", "apply_ddp",
            "apply_fsdp", "barrier", "broadcast_object", "check_shapes", "clip_grad_norm", "full_state",
            "init_distributed", "is_complete", "is_sharded", "load_full_state", "load_sharded", "materialize",
-           "on_meta_device", "save_sharded",
+           "on_meta_device", "save_sharded", "save_sharded_in_background", "checkpoint_group",
            "shutdown_distributed", "skip_gradient_sync", "unwrap"]

@@ -7,9 +7,11 @@ or not, and in a single process without any process group (which is how `lmforge
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -27,6 +29,22 @@ def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
     """Write `model`'s and `optimizer`'s state into `directory`; under a process group every rank calls it."""
     weights, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": weights, "optimizer": optimizer_state}, checkpoint_id=str(directory))
+
+
+def checkpoint_group():
+    """A process group of its own for background saves (their collectives run beside training's), or None in
+    one process. Every rank must call it, in the same order."""
+    return dist.new_group(backend="gloo") if dist.is_available() and dist.is_initialized() else None
+
+
+def save_sharded_in_background(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, group):
+    """Start writing what `save_sharded` writes; returns a future that completes once every shard is written.
+    The state is copied to CPU memory before this returns, so training may change the weights at once."""
+    weights, optimizer_state = get_state_dict(model, optimizer)
+    with warnings.catch_warnings():  # in one process DCP warns that it assumes one process
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        return dcp.async_save({"model": weights, "optimizer": optimizer_state}, checkpoint_id=str(directory),
+                              process_group=group)
 
 
 def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:

@@ -133,11 +133,13 @@ def temporary_for(directory: Path) -> Path:
     return tmp
 
 
-def finish_sharded(tmp: Path, directory: Path, config: dict, state: dict) -> None:
+def finish_sharded(tmp: Path, directory: Path, config: dict, state: dict,
+                   rng: dict[str, torch.Tensor] | None = None) -> None:
     """Complete a sharded checkpoint whose shards every rank has written into `tmp/sharded`: add the model
-    config, trainer state and RNG, then rename it to `directory` (replacing an older one of that name)."""
+    config, trainer state and RNG (`rng`, captured when the save started, or the current one), then rename it
+    to `directory` (replacing an older one of that name)."""
     write_json_atomic(tmp / "config.json", config)
-    save_safetensors_atomic(rng_state(), tmp / "rng.safetensors")
+    save_safetensors_atomic(rng if rng is not None else rng_state(), tmp / "rng.safetensors")
     write_json_atomic(tmp / "state.json", state)
     _replace(tmp, directory)
 

@@ -30,6 +30,7 @@ from lmforge.train.metrics_log import LogWindow, MetricsLog
 from lmforge.train.objectives import CausalLM, Objective, as_batch
 from lmforge.train.optim import build_optimizer, lr_multiplier, set_lr
 from lmforge.train.precision import autocast, grad_scaler, resolve_precision
+from lmforge.train.background_saves import BackgroundSaves
 from lmforge.train.objective_params import attach_objective_parameters, load_objective_tensors, objective_tensors
 from lmforge.train.privacy import PrivateTraining
 from lmforge.train.threads import ThreadTuner
@@ -91,6 +92,7 @@ class Trainer:
         self.evaluate_fn = evaluate
         self.on_step = on_step
         self.threads = ThreadTuner() if cfg.threads == "auto" else None
+        self.background = BackgroundSaves(self.dist) if cfg.async_checkpoint else None
         self.state = TrainerState()
         self.stop_reason = ""
         self.seq_len = 0  # of the latest batch, for the FLOPs per token
@@ -211,6 +213,8 @@ class Trainer:
             torch.set_num_threads(threads_before)
             if bar is not None:
                 bar.close()
+        if self.background is not None:
+            self.background.wait()  # the final checkpoint is complete before the run reports it
         if bar is not None and self.stop_reason != "max_steps":
             print(self.stop_message(), flush=True)
         return self.summary()
@@ -283,6 +287,12 @@ class Trainer:
 
     def save(self) -> Path | None:
         path = self.run_dir / "checkpoints" / f"step_{self.state.step:08d}"
+        if self.background is not None:
+            self.background.save(path, self.model, self.optimizer, config=unwrap(self.model).config.to_dict(),
+                                 state={**self._state_dict(), "world_size": self.dist.world_size},
+                                 after=lambda: (ckpt.publish_config(path, self.run_dir),
+                                                ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)))
+            return path
         if not self._write_checkpoint(path):
             return None
         if self.cfg.checkpoint_format == "sharded":
