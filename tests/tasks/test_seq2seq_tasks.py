@@ -385,3 +385,42 @@ def test_back_translation_augmentation_paraphrases_through_two_translate_runs(gp
     assert out[:4] == examples
     assert [e["text"] for e in out[4:]] == expected
     assert [e["label"] for e in out[4:]] == [e["label"] for e in examples]
+
+
+def test_decoder_input_dropout_replaces_target_inputs_by_unk_in_training_only():
+    from dataclasses import replace
+
+    from lmforge.config import MethodConfig
+
+    tok = train_tokenizer("unigram", TEXTS + [" ".join(WORDS)] * 5, 200)
+    assert tok.unk_id is not None
+    settings = TaskSettings(data=TaskDataConfig(train="-"), method=MethodConfig(decoder_input_dropout=0.5))
+    task = TranslationTask(settings, tok, "t5", extra={"block_size": 64})
+    model = _tiny_model(tok, "t5")
+    rng = random.Random(0)
+    examples = [{"source": " ".join(rng.choices(WORDS, k=6)), "target": " ".join(rng.choices(WORDS, k=rng.randint(2, 9)))}
+                for _ in range(32)]
+    batch = task.collate([task.encode(e) for e in examples])
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["decoder_input_ids"]), with_kwargs=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        task(model, batch)  # eval mode: the inputs as collated
+        model.train()
+        task(model, batch)
+    given, trained = batch["decoder_input_ids"], seen[1]
+    assert torch.equal(seen[0], given)
+    changed = trained != given
+    assert torch.all(trained[changed] == tok.unk_id)
+    assert not changed[:, 0].any()  # the start token stays
+    assert not changed[batch["labels"] == -100].any()  # and so does padding
+    eligible = (batch["labels"] != -100).clone()
+    eligible[:, 0] = False
+    share = float(changed.sum()) / float(eligible.sum())
+    assert 0.4 < share < 0.6, share
+    with pytest.raises(ConfigError, match="decoder_input_dropout must be in"):
+        MethodConfig(decoder_input_dropout=1.0)
+    bpe = TranslationTask(replace(settings), train_tokenizer("bpe", TEXTS, 300), "t5", extra={"block_size": 64})
+    if bpe.tokenizer.unk_id is None:
+        with pytest.raises(ConfigError, match="needs a tokenizer with an unknown token"):
+            bpe(_tiny_model(bpe.tokenizer, "t5").train(), bpe.collate([bpe.encode(examples[0])]))

@@ -254,6 +254,8 @@ class MethodConfig:
     layer_lr_decay: float | None = None  # discriminative rates: block i trains at lr * decay**(depth - i)
     head_lr_scale: float = 1.0           # the task head's lr relative to train.lr
     label_smoothing: float = 0.0         # translate/summarize training loss: target mass spread over the vocabulary
+    decoder_input_dropout: float = 0.0   # translate/summarize (encoder-decoder) training: share of the decoder's
+                                         # input tokens replaced by [UNK], so it leans on the source more
 
     def __post_init__(self):
         _check(self.method in METHODS, f"method.method must be one of {', '.join(METHODS)}, got {self.method!r}",
@@ -265,6 +267,9 @@ class MethodConfig:
                f"method.layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}", "pass e.g. 0.9 or leave unset")
         _check(self.head_lr_scale > 0, f"method.head_lr_scale must be > 0, got {self.head_lr_scale}",
                "pass e.g. --method.head_lr_scale 1.0")
+        _check(0.0 <= self.decoder_input_dropout < 1.0,
+               f"method.decoder_input_dropout must be in [0, 1), got {self.decoder_input_dropout}",
+               "pass e.g. --method.decoder_input_dropout 0.2")
         _check(0.0 <= self.label_smoothing < 1.0,
                f"method.label_smoothing must be in [0, 1), got {self.label_smoothing}",
                "pass e.g. --method.label_smoothing 0.1")

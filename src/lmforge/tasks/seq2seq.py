@@ -20,8 +20,9 @@ many were scored and `samples` shows the first few.
 from __future__ import annotations
 
 from abc import abstractmethod
-
 from dataclasses import replace
+
+import torch
 
 from lmforge.errors import ConfigError
 from lmforge.eval.generation import bleu, rouge
@@ -132,12 +133,28 @@ class Seq2SeqTask(Task):
             if start is not None and int(decoder_input_ids[0, 0]) != start:
                 decoder_input_ids = decoder_input_ids.clone()
                 decoder_input_ids[:, 0] = start
+            if model.training and self.settings.method.decoder_input_dropout > 0:
+                decoder_input_ids = self._drop_decoder_inputs(decoder_input_ids, batch["labels"])
             logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
                            decoder_input_ids=decoder_input_ids)
             return {"lm": token_cross_entropy_sum(logits, batch["labels"], smoothing)}
         if smoothing:
             return {"lm": token_cross_entropy_sum(model(batch["input_ids"]), batch["labels"], smoothing)}
         return {"lm": model(batch["input_ids"], labels=batch["labels"])}
+
+    def _drop_decoder_inputs(self, decoder_input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Word dropout on the decoder's inputs (B, T): each token after the start token is replaced by [UNK] with
+        probability `method.decoder_input_dropout` (padding, where the label is ignored, stays), so the decoder
+        cannot lean on its own history alone and reads the source through cross-attention."""
+        unk = self.tokenizer.unk_id
+        if unk is None:
+            raise ConfigError("method.decoder_input_dropout needs a tokenizer with an unknown token",
+                              "drop --method.decoder_input_dropout")
+        dropped = torch.rand(decoder_input_ids.shape, device=decoder_input_ids.device) \
+            < self.settings.method.decoder_input_dropout
+        dropped[:, 0] = False
+        dropped &= labels != IGNORE_INDEX
+        return decoder_input_ids.masked_fill(dropped, unk)
 
     # ------------------------------------------------------------------ generation
     def generate_ids(self, model, examples: list[dict], *, batch_size: int) -> list[list[int]]:
