@@ -420,7 +420,14 @@ def test_decoder_input_dropout_replaces_target_inputs_by_unk_in_training_only():
     assert 0.4 < share < 0.6, share
     with pytest.raises(ConfigError, match="decoder_input_dropout must be in"):
         MethodConfig(decoder_input_dropout=1.0)
+    # A byte-level vocabulary has no unknown token: the padding token stands in.
     bpe = TranslationTask(replace(settings), train_tokenizer("bpe", TEXTS, 300), "t5", extra={"block_size": 64})
-    if bpe.tokenizer.unk_id is None:
-        with pytest.raises(ConfigError, match="needs a tokenizer with an unknown token"):
-            bpe(_tiny_model(bpe.tokenizer, "t5").train(), bpe.collate([bpe.encode(examples[0])]))
+    assert bpe.tokenizer.unk_id is None
+    seen.clear()
+    bpe_model = _tiny_model(bpe.tokenizer, "t5").train()
+    bpe_model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["decoder_input_ids"]),
+                                        with_kwargs=True)
+    bpe_batch = bpe.collate([bpe.encode(e) for e in examples])
+    bpe(bpe_model, bpe_batch)
+    changed = seen[0] != bpe_batch["decoder_input_ids"]
+    assert changed.any() and torch.all(seen[0][changed] == bpe.tokenizer.pad_id)

@@ -143,13 +143,11 @@ class Seq2SeqTask(Task):
         return {"lm": model(batch["input_ids"], labels=batch["labels"])}
 
     def _drop_decoder_inputs(self, decoder_input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Word dropout on the decoder's inputs (B, T): each token after the start token is replaced by [UNK] with
-        probability `method.decoder_input_dropout` (padding, where the label is ignored, stays), so the decoder
-        cannot lean on its own history alone and reads the source through cross-attention."""
-        unk = self.tokenizer.unk_id
-        if unk is None:
-            raise ConfigError("method.decoder_input_dropout needs a tokenizer with an unknown token",
-                              "drop --method.decoder_input_dropout")
+        """Word dropout on the decoder's inputs (B, T): each token after the start token is replaced by [UNK] (the
+        padding token for a vocabulary without one, such as byte-level BPE) with probability
+        `method.decoder_input_dropout` (padding, where the label is ignored, stays), so the decoder cannot lean on
+        its own history alone and reads the source through cross-attention."""
+        unk = self.tokenizer.unk_id if self.tokenizer.unk_id is not None else self.tokenizer.pad_id
         dropped = torch.rand(decoder_input_ids.shape, device=decoder_input_ids.device) \
             < self.settings.method.decoder_input_dropout
         dropped[:, 0] = False
