@@ -151,14 +151,8 @@ def test_hidden_states_of_different_widths_are_refused():
         DistillationObjective(_Classifier(), teacher, hidden_weight=1.0)(student, batch)
 
 
-@pytest.mark.parametrize("student_heads", [4, 2])
-def test_the_attention_term_is_the_kl_between_transformers_attention_maps_of_matched_blocks(tmp_path, student_heads):
-    """Reference: Hugging Face's BertModel (eager attention) on the same weights gives the attention maps, and
-    the KL is summed key by key over the unmasked positions. A student of another width and, in one case,
-    another head count (compared head-averaged)."""
-    transformers = pytest.importorskip("transformers")
-    from lmforge.interop.convert import export_hf
-
+def _wide_teacher_and_narrow_student(student_heads: int):
+    """A 4-layer, 64-wide teacher, a fresh 2-layer, 32-wide student, and a padded batch of two."""
     torch.manual_seed(0)
     wide = preset_config("bert-debug", vocab_size=50, n_layer=4, dropout=0.0)
     narrow = preset_config("bert-debug", vocab_size=50, n_layer=2, n_embd=32, n_head=student_heads, dropout=0.0)
@@ -167,6 +161,19 @@ def test_the_attention_term_is_the_kl_between_transformers_attention_maps_of_mat
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
     batch = {"input_ids": torch.randint(1, 50, (2, 6), generator=torch.Generator().manual_seed(3)) * mask,
              "attention_mask": mask, "class_labels": torch.tensor([0, 1])}
+    return teacher, student, batch
+
+
+@pytest.mark.parametrize("student_heads", [4, 2])
+def test_the_attention_term_is_the_kl_between_transformers_attention_maps_of_matched_blocks(tmp_path, student_heads):
+    """Reference: Hugging Face's BertModel (eager attention) on the same weights gives the attention maps, and
+    the KL is summed key by key over the unmasked positions. A student of another width and, in one case,
+    another head count (compared head-averaged)."""
+    transformers = pytest.importorskip("transformers")
+    from lmforge.interop.convert import export_hf
+
+    teacher, student, batch = _wide_teacher_and_narrow_student(student_heads)
+    mask = batch["attention_mask"]
     objective = DistillationObjective(_Classifier(), teacher, alpha=0.5, attention_weight=3.0)
     terms = objective(student, batch)
     assert objective.counts(batch)["attention"] == 2
@@ -198,14 +205,8 @@ def test_the_attention_term_is_the_kl_between_transformers_attention_maps_of_mat
 
 
 def test_a_narrower_student_is_matched_through_a_learned_projection_to_the_teachers_width():
-    torch.manual_seed(0)
-    wide = preset_config("bert-debug", vocab_size=50, n_layer=4, dropout=0.0)
-    narrow = preset_config("bert-debug", vocab_size=50, n_layer=2, n_embd=32, n_head=2, dropout=0.0)
-    teacher = TaskModel(TaskModelConfig(backbone=wide.to_dict(), labels=["a", "b"], classifier_dropout=0.0)).eval()
-    student = TaskModel(TaskModelConfig(backbone=narrow.to_dict(), labels=["a", "b"], classifier_dropout=0.0)).eval()
-    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
-    batch = {"input_ids": torch.randint(1, 50, (2, 6), generator=torch.Generator().manual_seed(3)) * mask,
-             "attention_mask": mask, "class_labels": torch.tensor([0, 1])}
+    teacher, student, batch = _wide_teacher_and_narrow_student(2)
+    mask = batch["attention_mask"]
     objective = DistillationObjective(_Classifier(), teacher, hidden_weight=2.0)
     projection = objective.trainable(student)
     assert isinstance(projection, nn.Linear) and projection.weight.shape == (64, 32)
