@@ -76,6 +76,32 @@ def test_fresh_model_learns_the_cue_words_and_writes_a_complete_run(sentiment, t
     assert sum(p == g for p, g in zip(preds, gold)) / len(gold) == pytest.approx(summary["accuracy"])
 
 
+def test_mean_pooling_is_the_head_over_the_masked_mean_of_the_hidden_states_and_carries_on(sentiment, tmp_path):
+    from dataclasses import replace
+
+    start = replace(_small_start(), pooling="mean")
+    summary = lf.finetune("classify", data=_data(sentiment), model=start, out=tmp_path / "run", train=_train())
+    assert summary["accuracy"] >= 0.9, summary["metrics"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pooling"] == "mean"
+    net = load_model(tmp_path / "run").eval()
+    assert net.pooling == "mean"
+    ids = torch.tensor([[2, 17, 30, 41, 3, 0, 0], [2, 9, 3, 0, 0, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        hidden = net.backbone.features(ids, mask)
+        by_hand = torch.stack([hidden[b, : int(mask[b].sum())].mean(0) for b in range(2)])
+        torch.testing.assert_close(net(ids, attention_mask=mask), net.head(by_hand), rtol=1e-5, atol=1e-6)
+    # More fine-tuning from the run keeps the pooling its head was trained on.
+    more = lf.finetune("classify", data=_data(sentiment), model=StartConfig(init=str(tmp_path / "run")),
+                       out=tmp_path / "more", train=_train(max_steps=2))
+    assert "head kept" in more["start"] and load_model(tmp_path / "more").pooling == "mean"
+    with pytest.raises(LmforgeError, match="model.pooling must be pooler, mean or last"):
+        StartConfig(pooling="max")
+    with pytest.raises(LmforgeError, match="has no pooler layer"):
+        lf.finetune("classify", data=_data(sentiment), model=replace(_small_start("debug"), pooling="pooler"),
+                    out=tmp_path / "gpt", train=_train(max_steps=1))
+
+
 def _saved_start(tmp_path: Path, texts: list[str]) -> Path:
     """A 'pretrained' run directory: a BERT with its tokenizer, as pretraining would leave it."""
     tok = train_tokenizer("wordpiece", texts, 200)

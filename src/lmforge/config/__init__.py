@@ -225,6 +225,9 @@ class StartConfig:
     dropout: float | None = None         # every dropout rate of the model, fresh or pretrained (None: as it is)
     overrides: dict | None = None        # fresh models: any other field of the preset's config, e.g. {mlp: gelu}
     classifier_dropout: float = 0.1
+    # How a sequence head summarises the tokens: pooler (BERT's [CLS] pooler), mean or last; None: the family's
+    # own. Sentence-embedding checkpoints (all-MiniLM-L6-v2) were trained for mean pooling.
+    pooling: str | None = None
     # Pretrained starts: characters of the training text that the tokenizer can only encode as its
     # unknown token, seen at least this many times, join the vocabulary with new embedding rows
     # (0: off). An English BERT vocabulary meeting Chinese text, for example.
@@ -234,6 +237,8 @@ class StartConfig:
     encoder_decoder: bool = False
 
     def __post_init__(self):
+        _check(self.pooling in (None, "pooler", "mean", "last"), f"model.pooling must be pooler, mean or last, got "
+               f"{self.pooling!r}", "pass --model.pooling mean")
         v = self.extend_vocab
         _check(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                f"model.extend_vocab must be a minimum character count >= 0, got {v!r}",

@@ -21,12 +21,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from lmforge.errors import ConfigError
 from lmforge.models.lora import apply_lora, remove_lora
 from lmforge.models.registry import FamilyTraits, build_model, config_from_dict, traits_of
 
 
 
 HEADS = ("sequence", "token", "span", "lm")
+POOLINGS = ("pooler", "mean", "last")  # BERT's pooler over [CLS], the mean over real tokens, the last real token
 
 
 @dataclass
@@ -36,12 +38,15 @@ class TaskModelConfig:
     backbone: dict = field(default_factory=dict)   # the backbone's config.to_dict() (incl. its family)
     labels: list[str] = field(default_factory=list)
     classifier_dropout: float = 0.1
+    pooling: str | None = None                      # sequence heads: pooler, mean or last (None: the family's own)
     lora: dict | None = None                        # {"r", "alpha", "dropout", "targets"} when adapters are in
     extra: dict = field(default_factory=dict)       # task settings needed again at prediction time
 
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r} (choose from {', '.join(HEADS)})")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r} (choose from {', '.join(POOLINGS)})")
 
     @property
     def block_size(self) -> int:
@@ -75,6 +80,8 @@ class TaskModel(nn.Module):
         self.backbone = backbone if backbone is not None else build_model(config_from_dict(cfg.backbone))
         self.backbone_family = self.backbone.family
         self.backbone_traits = traits_of(self.backbone)
+        if cfg.pooling == "pooler" and not hasattr(self.backbone, "pool"):
+            raise ConfigError(f"a {self.backbone.family} model has no pooler layer", "pass --model.pooling mean or last")
         width = backbone_width(self.backbone.config)
         n_out = {"sequence": len(cfg.labels), "token": len(cfg.labels), "span": 2, "lm": 0}[cfg.head]
         self.dropout = nn.Dropout(cfg.classifier_dropout)
@@ -120,9 +127,14 @@ class TaskModel(nn.Module):
             return self.backbone.features(input_ids, attention_mask, token_type_ids)
         return self.backbone.features(input_ids, attention_mask)
 
+    @property
+    def pooling(self) -> str:
+        """How a sequence head summarises the tokens: the config's choice, else the family's own."""
+        return self.config.pooling or self.backbone_traits.pooling
+
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, C) summary of right-padded rows."""
-        pooling = self.backbone_traits.pooling
+        pooling = self.pooling
         if pooling == "pooler":
             return self.backbone.pool(hidden)
         if attention_mask is None:

@@ -75,7 +75,7 @@ class ExplainedRun:
             return torch.softmax(self.model(batch, attention_mask=ones, **extra(batch)).float(), dim=-1)
 
         label = self._label(target, lambda: int(probabilities(self._ids(ids)).argmax(-1)))
-        focus = {"pooler": [0], "last": [len(ids) - 1], "mean": list(range(len(ids)))}[self.traits.pooling]
+        focus = {"pooler": [0], "last": [len(ids) - 1], "mean": list(range(len(ids)))}[self.model.pooling]
         return self._make(ids, special, lambda b: probabilities(b)[:, label], focus,
                           {"kind": "class", "label": self.labels[label]})
 

@@ -159,6 +159,7 @@ def _build_job(cls: type[Task], settings: TaskSettings, start: StartConfig, trai
     torch.manual_seed(train.seed + 1)
     net = TaskModel(TaskModelConfig(task=cls.name, head=cls.head, backbone=backbone.config.to_dict(),
                                     labels=task.labels, classifier_dropout=start.classifier_dropout,
+                                    pooling=start.pooling,
                                     extra=dict(task.extra)), backbone=backbone)
     carry_low_rank(backbone, net, "", "backbone.")
     if keep_head_of_start(start, net):

@@ -121,7 +121,8 @@ def _fresh_model(start: StartConfig, task_cls: type[Task], texts: list[str], con
 
 def keep_head_of_start(start: StartConfig, net: nn.Module) -> bool:
     """When fine-tuning starts from a run fine-tuned for the same task, head and labels (a pruned or
-    distilled run recovering, or more training), load that run's head too, not only its backbone.
+    distilled run recovering, or more training), load that run's head too, not only its backbone, and keep
+    its pooling unless `start.pooling` says otherwise.
     The backbone came from `load_start`; the head weights are read here. Returns whether it did."""
     path = resolve_model_path(start.init)
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
@@ -136,4 +137,6 @@ def keep_head_of_start(start: StartConfig, net: nn.Module) -> bool:
     if set(head) != expected or any(head[k].shape != net.state_dict()[k].shape for k in head):
         return False  # a head of another shape (a LoRA run's extra parts, say): start it fresh as before
     net.load_state_dict(head, strict=False)
+    if start.pooling is None:
+        ours.pooling = raw.get("pooling")  # the head was trained on that summary of the tokens
     return True
